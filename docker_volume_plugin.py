@@ -1,0 +1,1626 @@
+# MIT License
+#
+# Copyright (c) 2026 The docker-volume-plugin authors
+#
+# Permission is hereby granted, free of charge, to any person obtaining a copy
+# of this software and associated documentation files (the "Software"), to deal
+# in the Software without restriction, including without limitation the rights
+# to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+# copies of the Software, and to permit persons to whom the Software is
+# furnished to do so, subject to the following conditions:
+#
+# The above copyright notice and this permission notice shall be included in
+# all copies or substantial portions of the Software.
+#
+# THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+# IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+# FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+# AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+# LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+# OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+# SOFTWARE.
+"""Docker volume plugins in one standard-library file.
+
+Give any object with ``create``, ``remove``, ``mount``, ``unmount``, ``get``
+and ``list`` methods to :func:`serve`, and the Docker engine can use it as a
+volume driver::
+
+    import docker_volume_plugin as dvp
+    dvp.serve(MyDriver(), name="mydriver")   # /run/docker/plugins/mydriver.sock
+
+Or run the built-in directory driver without writing any code::
+
+    python3 docker_volume_plugin.py serve --name dirs --root /srv/volumes
+
+Runs unchanged on CPython 3.6 to 3.13. Importing it has no side effects.
+Copy the file into your project if you like; keep this header with it.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PluginError", "VolumeNotFound", "PluginCallError",
+    "Plugin", "PluginRequestHandler", "UnixPluginServer", "TCPPluginServer",
+    "PluginClient", "DirectoryDriver",
+    "serve", "write_spec_file", "write_json_spec_file", "main",
+]
+
+import datetime
+import errno
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import socketserver
+import stat
+import sys
+import threading
+import time
+import http.client
+import http.server
+
+###############################################################################
+# Compatibility ###############################################################
+###############################################################################
+
+# Type hints are written as strings and the typing names imported only for type
+# checkers: importing ``typing`` would cost up to 4 ms of every start-up, and
+# plugin start-up sits in front of ``docker run`` after every reboot.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple  # noqa: F401
+
+_monotonic = time.monotonic
+_UTC = datetime.timezone.utc
+
+###############################################################################
+# Constants ###################################################################
+###############################################################################
+
+#: Where the engine looks for plugin sockets; fixed in moby (PROTOCOL 1.1).
+PLUGIN_SOCKET_DIR = "/run/docker/plugins"
+#: The first directory the engine searches for ``.spec``/``.json`` files.
+PLUGIN_SPEC_DIR = "/etc/docker/plugins"
+#: The Accept value the engine sends and the media type we answer with.
+PLUGIN_MEDIA_TYPE = "application/vnd.docker.plugins.v1.2+json"
+
+#: sockaddr_un.sun_path on Linux, in bytes; the engine refuses longer paths.
+MAX_SOCKET_PATH_BYTES = 108
+#: Largest request body accepted, in bytes. Docker's bodies are a few hundred.
+MAX_BODY_BYTES = 1 << 20
+#: Largest request line plus header block, in bytes.
+MAX_HEAD_BYTES = 64 * 1024
+#: Most header lines in one request.
+MAX_HEADER_COUNT = 100
+#: Seconds a keep-alive connection may sit idle between requests. Docker keeps
+#: idle connections forever (PROTOCOL 1.6) and notices when we close one.
+IDLE_TIMEOUT = 120.0
+#: Seconds from a request's first byte until all of it must have arrived, so a
+#: client that dribbles cannot hold a thread.
+REQUEST_TIMEOUT = 10.0
+#: Seconds that SIGTERM waits for calls in flight. Docker's ``plugin disable``
+#: sends SIGKILL 10 s after SIGTERM (PROTOCOL 4.2).
+DRAIN_TIMEOUT = 8.0
+
+_RECV_BYTES = 65536
+_HEAD_END = re.compile(br"\r?\n\r?\n")
+_DIGITS = re.compile(r"[0-9]+\Z")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z")
+
+log = logging.getLogger("docker_volume_plugin")
+
+###############################################################################
+# Errors ######################################################################
+###############################################################################
+
+
+class PluginError(Exception):
+    """An expected failure: Docker gets the message as ``{"Err": message}``.
+
+    Raise it from a driver for anything the user should read (``no space
+    left``, ``volume is in use``): it is logged on one line, without a
+    traceback, and the ``docker`` command prints the message. Any other
+    exception also reaches Docker, but is logged with its traceback.
+    """
+
+    #: The HTTP status of the reply; Docker shows a 200 + Err most cleanly.
+    status = 200
+
+
+class VolumeNotFound(PluginError):
+    """The named volume does not exist (logged quietly: Docker probes a lot)."""
+
+
+class _BadRequest(PluginError):
+    status = 400
+
+
+class _HTTPError(Exception):
+    """A request that cannot be framed; the reply closes the connection."""
+
+    def __init__(self, status: int, message: str) -> None:
+        Exception.__init__(self, message)
+        self.status = status
+
+
+class _ConnectionDone(Exception):
+    """The client closed the connection or let it idle out."""
+
+
+class PluginCallError(Exception):
+    """A call that Docker would count as failed: transport, status or Err."""
+
+    def __init__(self, message: str, status: "Optional[int]" = None) -> None:
+        Exception.__init__(self, message)
+        self.status = status
+
+###############################################################################
+# Helpers #####################################################################
+###############################################################################
+
+
+def format_rfc3339(value: "Any") -> "Optional[str]":
+    """Return ``value`` as an RFC 3339 UTC timestamp Docker can decode, or None.
+
+    Accepts an aware or naive :class:`datetime.datetime` (naive means local
+    time, as everywhere in Python), seconds since the epoch, or an RFC 3339
+    string with a timezone. Anything else gives None: Docker fails to decode a
+    reply with a bad ``CreatedAt`` and then treats the volume as missing
+    (PROTOCOL 3.6, 3.11), so a bad value must be dropped, never sent.
+    """
+    try:
+        if isinstance(value, datetime.datetime):
+            moment = value if value.tzinfo is not None else value.astimezone()
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            moment = datetime.datetime.fromtimestamp(value, _UTC)
+        elif isinstance(value, str):
+            m = _RFC3339.match(value)
+            if m is None:
+                return None
+            year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+            micro = int((m.group(7) or "0").ljust(6, "0")[:6])
+            if m.group(8):
+                zone = _UTC
+            else:
+                offset = datetime.timedelta(hours=int(m.group(10)), minutes=int(m.group(11)))
+                zone = datetime.timezone(-offset if m.group(9) == "-" else offset)
+            moment = datetime.datetime(year, month, day, hour, minute, second, micro, zone)
+        else:
+            return None
+        moment = moment.astimezone(_UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    text = "%04d-%02d-%02dT%02d:%02d:%02d" % (
+        moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
+    if moment.microsecond:
+        text += ".%06d" % moment.microsecond
+    return text + "Z"
+
+
+def _encode_json(payload: "Any") -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode("ascii")
+
+
+def _decode_json_object(body: bytes) -> "Dict[str, Any]":
+    """Decode a request body; an empty one (Activate, retries) is ``{}``."""
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise _BadRequest("request body is not UTF-8")
+    except ValueError as exc:
+        raise _BadRequest("request body is not valid JSON: %s" % exc)
+    except RecursionError:
+        raise _BadRequest("request body is nested too deeply")
+    if not isinstance(value, dict):
+        raise _BadRequest("request body must be a JSON object, not %s" % type(value).__name__)
+    return value
+
+
+def _string_field(request: "Dict[str, Any]", field: str) -> str:
+    value = request.get(field)
+    if value is None:
+        raise _BadRequest(
+            "request has no %s (Docker resends a request with an empty body when "
+            "a connection broke after sending it)" % field)
+    if not isinstance(value, str):
+        raise _BadRequest("%s must be a string, not %s" % (field, type(value).__name__))
+    if not value:
+        raise _BadRequest("%s is empty" % field)
+    return value
+
+
+def _options_field(request: "Dict[str, Any]") -> "Dict[str, str]":
+    opts = request.get("Opts")
+    if opts is None:  # docker run -v and --mount send null (PROTOCOL 3.1)
+        return {}
+    if not isinstance(opts, dict):
+        raise _BadRequest("Opts must be an object of strings, not %s" % type(opts).__name__)
+    for key, value in opts.items():
+        if not isinstance(value, str):
+            raise _BadRequest("option %r must be a string, not %s" % (key, type(value).__name__))
+    return opts
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, PluginError):
+        return str(exc) or type(exc).__name__
+    text = str(exc)
+    return "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
+
+
+def _write_file_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` so that a reader, or a crash, never sees half a file."""
+    directory = os.path.dirname(path) or "."
+    tmp = "%s.tmp-%d-%d" % (path, os.getpid(), threading.get_ident())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        try:
+            os.write(fd, data)  # small files: one write; partial writes raise below
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_spec_file(name: str, address: str, directory: str = PLUGIN_SPEC_DIR) -> str:
+    """Write ``DIRECTORY/NAME.spec`` holding ``address`` (``tcp://host:port``).
+
+    The engine reads the URL from it (PROTOCOL 1.2); the file is replaced
+    atomically. Returns its path.
+    """
+    if "://" not in address:  # the engine fails such a spec with "Unknown protocol"
+        raise ValueError("plugin address %r has no scheme such as tcp://" % address)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name + ".spec")
+    _write_file_atomically(path, (address + "\n").encode("utf-8"))
+    return path
+
+
+def write_json_spec_file(name: str, address: str, directory: str = PLUGIN_SPEC_DIR,
+                         tls_config: "Optional[Dict[str, Any]]" = None) -> str:
+    """Write ``DIRECTORY/NAME.json`` with ``Addr`` and optional ``TLSConfig``.
+
+    ``tls_config`` takes the engine's keys (``CAFile``, ``CertFile``,
+    ``KeyFile``, ``InsecureSkipVerify``). Beware: with a ``TLSConfig`` but no
+    ``CAFile`` the engine does not verify the plugin's certificate
+    (PROTOCOL 1.2). Returns the file's path.
+    """
+    if "://" not in address:
+        raise ValueError("plugin address %r has no scheme such as https://" % address)
+    spec = {"Name": name, "Addr": address}  # type: Dict[str, Any]
+    if tls_config is not None:
+        spec["TLSConfig"] = dict(tls_config)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name + ".json")
+    _write_file_atomically(path, json.dumps(spec, indent=2).encode("utf-8") + b"\n")
+    return path
+
+###############################################################################
+# Protocol layer ##############################################################
+###############################################################################
+
+#: Methods a volume driver must have; ``path`` and ``capabilities`` are optional.
+_REQUIRED_METHODS = ("create", "remove", "mount", "unmount", "get", "list")
+
+#: Endpoint -> (Plugin method, read-only). Read-only calls are the engine's
+#: constant polling and are logged at DEBUG (PROTOCOL 3.9).
+_VOLUME_ROUTES = (
+    ("/VolumeDriver.Create", "_volume_create", False),
+    ("/VolumeDriver.Remove", "_volume_remove", False),
+    ("/VolumeDriver.Mount", "_volume_mount", False),
+    ("/VolumeDriver.Unmount", "_volume_unmount", False),
+    ("/VolumeDriver.Get", "_volume_get", True),
+    ("/VolumeDriver.List", "_volume_list", True),
+    ("/VolumeDriver.Path", "_volume_path", True),
+    ("/VolumeDriver.Capabilities", "_volume_capabilities", True),
+)
+
+
+class Plugin(object):
+    """Docker's plugin protocol: endpoint paths routed to Python callables.
+
+    ``Plugin(driver)`` serves ``/Plugin.Activate`` and every
+    ``/VolumeDriver.*`` endpoint for a duck-typed volume driver. A driver must
+    have ``create(name, options)``, ``remove(name)``, ``mount(name, mount_id)``
+    returning an absolute path, ``unmount(name, mount_id)``, ``get(name)``
+    returning a volume mapping or None, and ``list()``. It may have
+    ``path(name)`` (default: the ``Mountpoint`` from ``get``) and
+    ``capabilities()`` (default: ``{"Scope": "local"}``).
+
+    Serve more beside it without editing this file::
+
+        plugin.add_route("/AuthZPlugin.AuthZReq", authz_request)
+        plugin.implements.append("authz")
+
+    A route handler takes the decoded request object and returns the reply
+    object; a :class:`PluginError` it raises becomes ``{"Err": message}``.
+    """
+
+    def __init__(self, driver: "Any" = None) -> None:
+        #: What ``Plugin.Activate`` announces.
+        self.implements = []  # type: List[str]
+        self.driver = None  # type: Any
+        self._routes = {}  # type: Dict[str, Tuple[Callable[[Dict[str, Any]], Dict[str, Any]], bool]]
+        self.add_route("/Plugin.Activate", self._activate, read_only=False)
+        if driver is not None:
+            self.add_volume_driver(driver)
+
+    def add_route(self, path: str, handler: "Callable[[Dict[str, Any]], Dict[str, Any]]",
+                  read_only: bool = False) -> None:
+        """Serve ``POST path`` with ``handler``; read-only calls log at DEBUG."""
+        if not path.startswith("/"):
+            path = "/" + path  # the engine prepends one too (PROTOCOL 1.5)
+        self._routes[path] = (handler, read_only)
+
+    def add_volume_driver(self, driver: "Any") -> None:
+        """Serve the ``VolumeDriver`` interface with ``driver``.
+
+        Raises TypeError, naming what is missing, unless ``driver`` has every
+        required method: better now than at the engine's first call.
+        """
+        missing = [m for m in _REQUIRED_METHODS if not callable(getattr(driver, m, None))]
+        missing += [m for m in ("path", "capabilities")
+                    if getattr(driver, m, None) is not None and not callable(getattr(driver, m))]
+        if missing:
+            raise TypeError("volume driver %r lacks method(s): %s" % (driver, ", ".join(missing)))
+        self.driver = driver
+        for path, method, read_only in _VOLUME_ROUTES:
+            self.add_route(path, getattr(self, method), read_only)
+        if "VolumeDriver" not in self.implements:
+            self.implements.append("VolumeDriver")
+
+    # -- dispatch -----------------------------------------------------------
+
+    def handle(self, path: str, body: bytes) -> "Tuple[int, Dict[str, Any]]":
+        """Answer one call: return the HTTP status and the JSON reply object.
+
+        Every failure, from a malformed body to a driver's exception, becomes
+        ``{"Err": message}``. Each call is logged on one line.
+        """
+        route = self._routes.get(path)
+        if route is None:
+            log.warning("%r: unknown endpoint", path)
+            return 404, {"Err": "unknown endpoint %r; this plugin implements %s"
+                         % (path, ", ".join(self.implements) or "nothing")}
+        handler, read_only = route
+        started = _monotonic()
+        request = {}  # type: Dict[str, Any]
+        try:
+            request = _decode_json_object(body)
+            reply = handler(request)
+        except Exception as exc:
+            status = exc.status if isinstance(exc, PluginError) else 200
+            self._log_call(path, request, started, exc, read_only)
+            return status, {"Err": _error_text(exc)}
+        self._log_call(path, request, started, None, read_only)
+        return 200, reply
+
+    @staticmethod
+    def _log_call(path: str, request: "Dict[str, Any]", started: float,
+                  exc: "Optional[BaseException]", read_only: bool) -> None:
+        if exc is None:
+            level, outcome = (logging.DEBUG if read_only else logging.INFO), "ok"
+        elif isinstance(exc, VolumeNotFound) and read_only:
+            level, outcome = logging.DEBUG, "not found"  # the engine's probing
+        elif isinstance(exc, PluginError):
+            level, outcome = logging.WARNING, "failed: %s" % _error_text(exc)
+        else:
+            level, outcome = logging.ERROR, "failed: %s" % _error_text(exc)
+        if not log.isEnabledFor(level):
+            return
+        details = ""
+        if "Name" in request:
+            details += " name=%r" % (request["Name"],)
+        if "ID" in request:
+            details += " id=%r" % (request["ID"],)
+        log.log(level, "%s%s %.1fms %s", path.lstrip("/"), details,
+                (_monotonic() - started) * 1000.0, outcome,
+                exc_info=exc if level == logging.ERROR else None)
+
+    # -- Plugin.Activate and VolumeDriver.* (PROTOCOL 2, 3) ------------------
+
+    def _activate(self, request: "Dict[str, Any]") -> "Dict[str, Any]":
+        return {"Implements": list(self.implements)}
+
+    def _volume_create(self, request: "Dict[str, Any]") -> "Dict[str, Any]":
+        self.driver.create(_string_field(request, "Name"), dict(_options_field(request)))
+        return {}
+
+    def _volume_remove(self, request: "Dict[str, Any]") -> "Dict[str, Any]":
+        self.driver.remove(_string_field(request, "Name"))
+        return {}
+
+    def _volume_mount(self, request: "Dict[str, Any]") -> "Dict[str, Any]":
+        name, mount_id = _string_field(request, "Name"), _string_field(request, "ID")
+        mountpoint = self.driver.mount(name, mount_id)
+        if not isinstance(mountpoint, str) or not os.path.isabs(mountpoint):
+            # Docker stores whatever comes back and fails the container later,
+            # and sends no Unmount after a failed Mount (PROTOCOL 3.3, 3.10):
+            # undo the driver's mount ourselves.
+            try:
+                self.driver.unmount(name, mount_id)
+            except Exception:
+                log.exception("undoing mount of %r after a bad mountpoint", name)
+            raise PluginError("driver returned %r as the mountpoint of %r; it must be an "
+                              "absolute path" % (mountpoint, name))
+        return {"Mountpoint": mountpoint}
+
+    def _volume_unmount(self, request: "Dict[str, Any]") -> "Dict[str, Any]":
+        self.driver.unmount(_string_field(request, "Name"), _string_field(request, "ID"))
+        return {}
+
+    def _volume_get(self, request: "Dict[str, Any]") -> "Dict[str, Any]":
+        name = _string_field(request, "Name")
+        volume = self.driver.get(name)
+        if volume is None:
+            raise VolumeNotFound("no such volume: %r" % name)
+        return {"Volume": _volume_reply(volume, name)}
+
+    def _volume_list(self, request: "Dict[str, Any]") -> "Dict[str, Any]":
+        # Docker keeps only Name and Mountpoint of list entries, yet a bad
+        # CreatedAt would fail the whole decode (PROTOCOL 3.7): send just those.
+        volumes = []
+        for volume in self.driver.list():
+            name = volume.get("Name")
+            if not isinstance(name, str) or not name:
+                log.error("driver listed a volume without a Name: %r", volume)
+                continue
+            entry = {"Name": name}
+            mountpoint = volume.get("Mountpoint")
+            if isinstance(mountpoint, str) and mountpoint:
+                entry["Mountpoint"] = mountpoint
+            volumes.append(entry)
+        return {"Volumes": volumes}
+
+    def _volume_path(self, request: "Dict[str, Any]") -> "Dict[str, Any]":
+        name = _string_field(request, "Name")
+        path_method = getattr(self.driver, "path", None)
+        if path_method is not None:
+            mountpoint = path_method(name)
+        else:
+            volume = self.driver.get(name)
+            if volume is None:
+                raise VolumeNotFound("no such volume: %r" % name)
+            mountpoint = volume.get("Mountpoint")
+        if mountpoint is not None and not isinstance(mountpoint, str):
+            raise PluginError("driver returned %r as the path of %r" % (mountpoint, name))
+        return {"Mountpoint": mountpoint or ""}
+
+    def _volume_capabilities(self, request: "Dict[str, Any]") -> "Dict[str, Any]":
+        method = getattr(self.driver, "capabilities", None)
+        capabilities = dict(method()) if method is not None else {}
+        scope = capabilities.setdefault("Scope", "local")
+        if scope not in ("local", "global"):
+            raise PluginError("driver capabilities give Scope %r; Docker accepts 'local' or "
+                              "'global'" % (scope,))
+        return {"Capabilities": capabilities}
+
+
+def _volume_reply(volume: "Any", name: str) -> "Dict[str, Any]":
+    """Check a driver's volume mapping and shape it as Docker decodes it.
+
+    The reply echoes the requested name (Docker uses the returned one). A bad
+    optional field is dropped with an error in the log rather than sent: a
+    reply Docker cannot decode makes it forget the volume (PROTOCOL 3.6).
+    """
+    if not hasattr(volume, "get"):
+        raise TypeError("driver's get(%r) returned %r, not a mapping" % (name, volume))
+    reply = {"Name": name}  # type: Dict[str, Any]
+    mountpoint = volume.get("Mountpoint")
+    if isinstance(mountpoint, str):
+        reply["Mountpoint"] = mountpoint
+    elif mountpoint is not None:
+        log.error("volume %r: dropping Mountpoint %r, not a string", name, mountpoint)
+    created = volume.get("CreatedAt")
+    if created is not None:
+        text = format_rfc3339(created)
+        if text is None:
+            log.error("volume %r: dropping CreatedAt %r, not an RFC 3339 time with a timezone "
+                      "(Docker would treat the volume as missing)", name, created)
+        else:
+            reply["CreatedAt"] = text
+    status = volume.get("Status")
+    if status is not None:
+        try:
+            _encode_json(status)
+            if not isinstance(status, dict):
+                raise TypeError("not an object")
+            reply["Status"] = status
+        except (TypeError, ValueError) as exc:
+            log.error("volume %r: dropping Status %r: %s", name, status, exc)
+    return reply
+
+###############################################################################
+# Transport layer #############################################################
+###############################################################################
+
+
+class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive handler for the engine's JSON POSTs.
+
+    It reads requests straight from the socket, so it can enforce one
+    deadline per request (a client that dribbles is cut off) and answer with
+    one ``send`` per reply. It accepts requests exactly as the engine sends
+    them (no Content-Type, an empty Host, a body ending in a newline, an
+    empty body) and a chunked body, and answers every malformed one with a
+    JSON ``{"Err": ...}`` and a fitting status. After each request,
+    ``command``, ``path``, ``request_version`` and ``headers`` (a dict with
+    lower-case names) describe it.
+    """
+
+    protocol_version = "HTTP/1.1"
+    server_version = "docker-volume-plugin/" + __version__
+
+    def setup(self) -> None:
+        self.connection = self.request
+        self._buffer = b""
+        self._deadline = 0.0
+        self.headers = {}  # type: Dict[str, str]
+
+    def finish(self) -> None:
+        pass
+
+    def address_string(self) -> str:
+        # The stdlib's indexes client_address, which is '' on a Unix socket.
+        return str(self.client_address[0]) if self.client_address else "unix"
+
+    def log_message(self, format: str, *args: "Any") -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def handle(self) -> None:
+        server = self.server
+        server._connection_opened(self.connection)
+        try:
+            self.close_connection = False
+            while not self.close_connection:
+                try:
+                    head = self._read_head()
+                except _ConnectionDone:
+                    return
+                except _HTTPError as exc:
+                    self._reply_error(exc, head=b"")
+                    return
+                with server._busy():
+                    self._handle_request(head)
+                if server._stopping:
+                    return
+        except OSError as exc:  # the client went away mid-reply
+            log.debug("connection error: %s", exc)
+        finally:
+            server._connection_closed(self.connection)
+
+    def _handle_request(self, head: bytes) -> None:
+        try:
+            self._parse_head(head)
+            body = self._read_body()
+        except _HTTPError as exc:
+            self._reply_error(exc, head)
+            return
+        except _ConnectionDone:
+            self.close_connection = True
+            return
+        plugin = self.server.plugin
+        if self.command != "POST" and self.path in plugin._routes:
+            log.warning("%s %r: only POST is allowed", self.command, self.path)
+            self._reply(405, {"Err": "method %s not allowed; plugin endpoints take POST"
+                              % self.command}, b"Allow: POST\r\n")
+            return
+        status, reply = plugin.handle(self.path, body)
+        self._reply(status, reply)
+
+    # -- reading --------------------------------------------------------------
+
+    def _recv(self, timeout: float) -> None:
+        """Append what the client sends next; raise when it closes or stalls."""
+        if timeout <= 0:
+            raise _HTTPError(408, "request not received within %gs" % self.server.request_timeout)
+        self.connection.settimeout(timeout)
+        try:
+            data = self.connection.recv(_RECV_BYTES)
+        except socket.timeout:
+            raise _HTTPError(408, "request not received within %gs" % self.server.request_timeout)
+        if not data:
+            raise _ConnectionDone()
+        self._buffer += data
+
+    def _read_head(self) -> bytes:
+        """Wait for a whole request line and header block and return it."""
+        server = self.server
+        if not self._buffer:
+            try:
+                self._recv(server.idle_timeout)
+            except _HTTPError:  # idle keep-alive connection: just close it
+                raise _ConnectionDone()
+        self._deadline = _monotonic() + server.request_timeout
+        while True:
+            match = _HEAD_END.search(self._buffer)
+            if match is not None and match.start() <= MAX_HEAD_BYTES:
+                head, self._buffer = self._buffer[:match.start()], self._buffer[match.end():]
+                if head.strip():
+                    return head
+                continue  # stray blank lines between requests (RFC 9112 2.2)
+            if len(self._buffer) > MAX_HEAD_BYTES:
+                self.command, self.path = "", ""
+                raise _HTTPError(431, "request header block is over %d bytes" % MAX_HEAD_BYTES)
+            try:
+                self._recv(self._deadline - _monotonic())
+            except _HTTPError:
+                self.command, self.path = "", ""
+                raise
+
+    def _parse_head(self, head: bytes) -> None:
+        self.command, self.path, self.request_version, self.headers = "", "", "HTTP/1.1", {}
+        lines = head.lstrip(b"\r\n").decode("latin-1").split("\n")
+        words = lines[0].rstrip("\r").split(" ")
+        if len(words) != 3 or not words[0] or not words[1]:
+            raise _HTTPError(400, "malformed request line %r" % lines[0][:200])
+        self.command, self.path, self.request_version = words
+        if self.request_version not in ("HTTP/1.1", "HTTP/1.0"):
+            raise _HTTPError(505, "HTTP version %r not supported" % self.request_version[:20])
+        if len(lines) > MAX_HEADER_COUNT + 1:
+            raise _HTTPError(431, "more than %d header lines" % MAX_HEADER_COUNT)
+        headers = self.headers
+        for line in lines[1:]:
+            line = line.rstrip("\r")
+            name, colon, value = line.partition(":")
+            if not colon or not _HEADER_NAME.match(name):
+                # also catches obsolete line folding (a line starting with
+                # white space), which RFC 9112 5.2 lets a server reject
+                raise _HTTPError(400, "malformed header line %r" % line[:200])
+            name, value = name.lower(), value.strip(" \t")
+            if name in headers:
+                if name in ("content-length", "transfer-encoding", "host"):
+                    raise _HTTPError(400, "duplicate %s header" % name)
+                value = headers[name] + ", " + value
+            headers[name] = value
+        connection = headers.get("connection", "").lower()
+        if self.request_version == "HTTP/1.0":
+            self.close_connection = "keep-alive" not in connection
+        else:
+            self.close_connection = "close" in connection
+
+    def _read_body(self) -> bytes:
+        headers = self.headers
+        encoding = headers.get("transfer-encoding")
+        length = headers.get("content-length")
+        if encoding is not None:
+            if length is not None:  # RFC 9112 6.1: a smuggling attempt
+                raise _HTTPError(400, "both Transfer-Encoding and Content-Length")
+            if encoding.lower() != "chunked":
+                raise _HTTPError(501, "Transfer-Encoding %r not supported" % encoding[:50])
+            return self._read_chunked()
+        if length is None:
+            raise _HTTPError(411, "Content-Length required (send Content-Length: 0 for no body)")
+        if not _DIGITS.match(length):
+            raise _HTTPError(400, "bad Content-Length %r" % length[:50])
+        size = int(length)
+        if size > self.server.max_body_bytes:
+            raise _HTTPError(413, "request body of %d bytes is over the %d-byte limit"
+                             % (size, self.server.max_body_bytes))
+        return self._take(size)
+
+    def _take(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            self._recv_in_request()
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def _recv_in_request(self) -> None:
+        try:
+            self._recv(self._deadline - _monotonic())
+        except _ConnectionDone:
+            raise _HTTPError(400, "connection closed before the request was complete")
+
+    def _take_line(self) -> bytes:
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                line, self._buffer = self._buffer[:end], self._buffer[end + 1:]
+                return line.rstrip(b"\r")
+            if len(self._buffer) > 4096:
+                raise _HTTPError(400, "chunk size line too long")
+            self._recv_in_request()
+
+    def _read_chunked(self) -> bytes:
+        body = b""
+        limit = self.server.max_body_bytes
+        while True:
+            size_text = self._take_line().split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise _HTTPError(400, "bad chunk size %r" % size_text[:20])
+            if size < 0 or size_text.startswith((b"-", b"+", b"0x", b"0X")):
+                raise _HTTPError(400, "bad chunk size %r" % size_text[:20])
+            if size == 0:
+                while self._take_line():  # trailer fields, ignored
+                    pass
+                return body
+            if len(body) + size > limit:
+                raise _HTTPError(413, "request body is over the %d-byte limit" % limit)
+            body += self._take(size)
+            if self._take_line():
+                raise _HTTPError(400, "chunk data longer than its size")
+
+    # -- writing ----------------------------------------------------------------
+
+    def _reply_error(self, exc: _HTTPError, head: bytes) -> None:
+        log.warning("bad request %r: %s", self.path or head[:80], exc)
+        self.close_connection = True  # where the next request starts is unknown
+        self._reply(exc.status, {"Err": str(exc)})
+
+    def _reply(self, status: int, payload: "Dict[str, Any]", extra: bytes = b"") -> None:
+        body = _encode_json(payload)
+        if self.server._stopping:
+            self.close_connection = True
+        if self.close_connection:
+            extra += b"Connection: close\r\n"
+        elif self.request_version == "HTTP/1.0":
+            extra += b"Connection: keep-alive\r\n"
+        reason = self.responses.get(status, ("",))[0]
+        head = ("HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                % (status, reason, PLUGIN_MEDIA_TYPE, len(body))).encode("latin-1")
+        self.connection.sendall(head + extra + b"\r\n" + body)
+
+
+class _PluginServerMixin(object):
+    """Threads, limits and a clean stop, shared by the Unix and TCP servers."""
+
+    daemon_threads = True
+    block_on_close = False  # we drain calls in flight ourselves, with a bound
+
+    def _setup_plugin(self, plugin: "Any", idle_timeout: float, request_timeout: float,
+                      max_body_bytes: int) -> None:
+        self.plugin = plugin if isinstance(plugin, Plugin) else Plugin(plugin)
+        self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+        self.max_body_bytes = max_body_bytes
+        self._stopping = False
+        self._thread = None  # type: Optional[threading.Thread]
+        self._lock = threading.Condition()
+        self._in_flight = 0
+        self._connections = set()  # type: set
+
+    def process_request(self, request: socket.socket, client_address: "Any") -> None:
+        # One thread per connection: a two-minute Mount never holds up
+        # another call (PROTOCOL 1.6).
+        thread = threading.Thread(target=self._serve_connection, args=(request, client_address),
+                                  name="docker-volume-plugin-connection")
+        thread.daemon = True
+        thread.start()
+
+    def _serve_connection(self, request: socket.socket, client_address: "Any") -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def handle_error(self, request: "Any", client_address: "Any") -> None:
+        log.exception("error while serving a connection")
+
+    def _connection_opened(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.add(conn)
+
+    def _connection_closed(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+
+    def _busy(self) -> "_InFlight":
+        return _InFlight(self)
+
+    @property
+    def address(self) -> str:
+        """The URL the engine would use for this server."""
+        raise NotImplementedError
+
+    def start(self) -> "_PluginServerMixin":
+        """Serve from a background thread; for tests and embedding."""
+        self._thread = threading.Thread(target=self.serve_forever, name="docker-volume-plugin")
+        self._thread.daemon = True
+        self._thread.start()
+        return self
+
+    def stop(self, drain_timeout: float = DRAIN_TIMEOUT) -> bool:
+        """Stop accepting, let calls in flight finish, remove our files.
+
+        Waits at most ``drain_timeout`` seconds for calls in flight, then
+        closes every connection. Returns False if calls were cut off.
+        """
+        self._stopping = True
+        if self._thread is not None:  # serve() ran serve_forever() itself
+            self.shutdown()
+            self._thread.join()
+        self.server_close()
+        deadline = _monotonic() + drain_timeout
+        with self._lock:
+            while self._in_flight and _monotonic() < deadline:
+                self._lock.wait(max(0.0, deadline - _monotonic()))
+            drained = not self._in_flight
+            for conn in list(self._connections):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)  # wakes threads waiting idle
+                except OSError:
+                    pass
+        if not drained:
+            log.warning("stopped with calls still in flight after %gs", drain_timeout)
+        return drained
+
+    def __enter__(self) -> "_PluginServerMixin":
+        return self.start()
+
+    def __exit__(self, *exc_info: "Any") -> None:
+        self.stop()
+
+
+class _InFlight(object):
+    """Counts a request being served, so that stop() can wait for it."""
+
+    def __init__(self, server: _PluginServerMixin) -> None:
+        self.server = server
+
+    def __enter__(self) -> None:
+        with self.server._lock:
+            self.server._in_flight += 1
+
+    def __exit__(self, *exc_info: "Any") -> None:
+        with self.server._lock:
+            self.server._in_flight -= 1
+            self.server._lock.notify_all()
+
+
+def _default_socket_path(name: str) -> str:
+    return os.path.join(PLUGIN_SOCKET_DIR, name + ".sock")
+
+
+class UnixPluginServer(_PluginServerMixin, socketserver.UnixStreamServer):
+    """Threaded server on a Unix socket, where the engine finds v1 plugins.
+
+    The socket gets ``mode`` (0660) and, if given, ``group`` (a name or gid),
+    so members of e.g. ``docker`` can use it. A stale socket left by a crash is
+    replaced; a socket another process serves, or a path that is not a socket,
+    raises OSError and is left alone.
+    """
+
+    def __init__(self, path: str, plugin: "Any", mode: int = 0o660,
+                 group: "Optional[Any]" = None, idle_timeout: float = IDLE_TIMEOUT,
+                 request_timeout: float = REQUEST_TIMEOUT,
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self._setup_plugin(plugin, idle_timeout, request_timeout, max_body_bytes)
+        self.mode = mode
+        self.group = group
+        self._inode = None  # type: Optional[Tuple[int, int]]
+        socketserver.UnixStreamServer.__init__(self, os.path.abspath(path),
+                                               PluginRequestHandler)
+
+    @property
+    def address(self) -> str:
+        return "unix://" + self.server_address
+
+    def server_bind(self) -> None:
+        path = self.server_address
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
+            raise OSError(errno.ENAMETOOLONG, "socket path %r is %d bytes; Unix sockets allow %d "
+                          "(the engine refuses longer paths too)"
+                          % (path, len(os.fsencode(path)), MAX_SOCKET_PATH_BYTES))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _remove_stale_socket(path)
+        gid = _group_id(self.group) if self.group is not None else -1
+        self.socket.bind(path)
+        # Permissions are set before listen(): until then nobody can connect.
+        os.chmod(path, self.mode)
+        if gid != -1:
+            os.chown(path, -1, gid)
+        st = os.stat(path)
+        self._inode = (st.st_dev, st.st_ino)
+
+    def server_close(self) -> None:
+        socketserver.UnixStreamServer.server_close(self)
+        try:
+            st = os.stat(self.server_address)
+            if (st.st_dev, st.st_ino) == self._inode:  # never remove a successor's socket
+                os.unlink(self.server_address)
+        except OSError:
+            pass
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, "%s exists and is not a socket; not touching it" % path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        # Nothing listens: a crash left it. The engine would hang ~15 s on it.
+        log.info("removing stale socket %s", path)
+        os.unlink(path)
+        return
+    except OSError as exc:
+        raise OSError(errno.EADDRINUSE, "cannot tell whether %s is in use (%s); not "
+                      "replacing it" % (path, exc))
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, "%s is served by another process; stop it first" % path)
+
+
+def _group_id(group: "Any") -> int:
+    if isinstance(group, int):
+        return group
+    if str(group).isdigit():
+        return int(group)
+    import grp  # only needed when a group is given
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError("no such group: %r" % group)
+
+
+class TCPPluginServer(_PluginServerMixin, socketserver.TCPServer):
+    """Threaded server on TCP, found by the engine through a ``.spec`` file.
+
+    Binds ``host`` (127.0.0.1 by default: the protocol has no authentication)
+    and port (0 picks a free one). With ``name``, writes
+    ``SPEC_DIR/NAME.spec`` holding ``tcp://host:port`` once bound and removes
+    it when the server closes.
+    """
+
+    allow_reuse_address = True
+
+    def __init__(self, address: "Tuple[str, int]", plugin: "Any",
+                 name: "Optional[str]" = None, spec_dir: str = PLUGIN_SPEC_DIR,
+                 idle_timeout: float = IDLE_TIMEOUT, request_timeout: float = REQUEST_TIMEOUT,
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self._setup_plugin(plugin, idle_timeout, request_timeout, max_body_bytes)
+        host = address[0] or "127.0.0.1"
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.spec_path = None  # type: Optional[str]
+        socketserver.TCPServer.__init__(self, (host, address[1]), PluginRequestHandler)
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("listening on %s: anyone who can reach it controls your volumes", host)
+        if name is not None:
+            self.spec_path = write_spec_file(name, self.address, spec_dir)
+
+    @property
+    def address(self) -> str:
+        host, port = self.server_address[:2]
+        return "tcp://%s:%d" % ("[%s]" % host if ":" in host else host, port)
+
+    def server_close(self) -> None:
+        socketserver.TCPServer.server_close(self)
+        if self.spec_path is not None:
+            try:
+                with open(self.spec_path) as spec:
+                    ours = spec.read().strip() == self.address
+                if ours:  # never remove a spec that another instance rewrote
+                    os.unlink(self.spec_path)
+            except OSError:
+                pass
+            self.spec_path = None
+
+
+def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optional[str]" = None,
+          tcp_address: "Optional[Tuple[str, int]]" = None, spec_dir: str = PLUGIN_SPEC_DIR,
+          group: "Optional[Any]" = None, drain_timeout: float = DRAIN_TIMEOUT) -> None:
+    """Serve ``driver`` (a driver or a :class:`Plugin`) until SIGTERM or SIGINT.
+
+    Listens on ``socket_path`` (default ``/run/docker/plugins/NAME.sock``), or
+    on ``tcp_address`` with a spec file in ``spec_dir``. On SIGTERM or SIGINT
+    it stops accepting, lets calls in flight finish for up to
+    ``drain_timeout`` seconds, removes its socket or spec file and returns.
+    Handling SIGTERM explicitly also makes it stop as PID 1 in a container.
+    Must be called from the main thread.
+    """
+    if tcp_address is not None:
+        server = TCPPluginServer(tcp_address, driver, name=name, spec_dir=spec_dir)  # type: Any
+    else:
+        server = UnixPluginServer(socket_path or _default_socket_path(name), driver, group=group)
+
+    def on_signal(signum: int, frame: "Any") -> None:
+        log.info("signal %d received: stopping", signum)
+        server._stopping = True
+        # shutdown() waits for serve_forever(), which runs in this very thread.
+        threading.Thread(target=server.shutdown).start()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        log.info("serving %s on %s", ", ".join(server.plugin.implements), server.address)
+        server.serve_forever()
+    finally:
+        server.stop(drain_timeout)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("stopped")
+
+###############################################################################
+# Client ######################################################################
+###############################################################################
+
+#: Per-call deadlines the engine applies, in seconds (PROTOCOL 1.7).
+_CALL_TIMEOUTS = {"VolumeDriver.Create": 120.0, "VolumeDriver.Mount": 120.0}
+_DEFAULT_CALL_TIMEOUT = 60.0
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: "Optional[float]" = None) -> None:
+        http.client.HTTPConnection.__init__(self, "localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class PluginClient(object):
+    """Talks to a plugin exactly as the engine does (PROTOCOL 1.5-1.9).
+
+    ``address`` is ``unix:///path``, a socket path, ``tcp://host:port`` or
+    ``http://host:port``. Requests are POSTs with only the engine's headers
+    (``Accept``, ``Content-Length``, ``User-Agent``, an empty ``Host`` on a
+    Unix socket), compact JSON bodies ending in a newline, over one
+    keep-alive connection, with the engine's per-call deadlines. As for the
+    engine, only a 200 without ``Err`` is success; anything else raises
+    :class:`PluginCallError`. One client serves one thread at a time.
+    """
+
+    def __init__(self, address: str, timeout: "Optional[float]" = None) -> None:
+        self.address = address
+        #: Overrides the engine's deadlines for every call when set.
+        self.timeout = timeout
+        if address.startswith("unix://"):
+            self._connection = _UnixHTTPConnection(address[len("unix://"):])  # type: Any
+            self._host = ""  # what a 20.10 engine sends over a Unix socket
+        elif address.startswith(("tcp://", "http://")):
+            hostport = address.split("://", 1)[1].rstrip("/")
+            self._connection = http.client.HTTPConnection(hostport)
+            self._host = hostport
+        elif address.startswith("/"):
+            self._connection = _UnixHTTPConnection(address)
+            self._host = ""
+        else:
+            raise ValueError("unsupported plugin address %r" % address)
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> "PluginClient":
+        return self
+
+    def __exit__(self, *exc_info: "Any") -> None:
+        self.close()
+
+    def call(self, method: str, payload: "Optional[Dict[str, Any]]" = None) -> "Dict[str, Any]":
+        """POST ``/METHOD`` and return the decoded reply object."""
+        if payload is None:
+            body = b""  # Plugin.Activate has no body at all (PROTOCOL 2)
+        else:
+            # Go's encoder: compact, <>& escaped, and a trailing newline.
+            text = json.dumps(payload, separators=(",", ":"))
+            body = (text.replace("<", "\\u003c").replace(">", "\\u003e")
+                    .replace("&", "\\u0026") + "\n").encode("utf-8")
+        conn = self._connection
+        conn.timeout = self.timeout if self.timeout is not None else (
+            None if method == "Plugin.Activate" else
+            _CALL_TIMEOUTS.get(method, _DEFAULT_CALL_TIMEOUT))
+        if conn.sock is not None:
+            conn.sock.settimeout(conn.timeout)
+        try:
+            conn.putrequest("POST", "/" + method, skip_host=True, skip_accept_encoding=True)
+            conn.putheader("Host", self._host)
+            conn.putheader("User-Agent", "Go-http-client/1.1")
+            conn.putheader("Content-Length", str(len(body)))
+            conn.putheader("Accept", PLUGIN_MEDIA_TYPE)
+            conn.endheaders(body)
+            response = conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise PluginCallError("%s: %s: %s" % (method, type(exc).__name__, exc))
+        try:
+            reply = json.loads(raw.decode("utf-8")) if raw.strip() else None
+        except ValueError:
+            reply = None
+        err = reply.get("Err") if isinstance(reply, dict) else None
+        if response.status != 200:
+            raise PluginCallError("%s: %s" % (method, err or raw.decode("utf-8", "replace")),
+                                  response.status)
+        if not isinstance(reply, dict):
+            raise PluginCallError("%s: reply is not a JSON object: %r" % (method, raw[:200]), 200)
+        if err:
+            raise PluginCallError(str(err), 200)
+        return reply
+
+    def activate(self) -> "List[str]":
+        return self.call("Plugin.Activate").get("Implements") or []
+
+    def create(self, name: str, options: "Optional[Dict[str, str]]" = None) -> None:
+        self.call("VolumeDriver.Create", {"Name": name, "Opts": options})
+
+    def remove(self, name: str) -> None:
+        self.call("VolumeDriver.Remove", {"Name": name})
+
+    def mount(self, name: str, mount_id: str) -> str:
+        return self.call("VolumeDriver.Mount", {"Name": name, "ID": mount_id}).get("Mountpoint")
+
+    def unmount(self, name: str, mount_id: str) -> None:
+        self.call("VolumeDriver.Unmount", {"Name": name, "ID": mount_id})
+
+    def get(self, name: str) -> "Dict[str, Any]":
+        return self.call("VolumeDriver.Get", {"Name": name}).get("Volume")
+
+    def list(self) -> "List[Dict[str, Any]]":
+        return self.call("VolumeDriver.List", {}).get("Volumes") or []
+
+    def path(self, name: str) -> str:
+        return self.call("VolumeDriver.Path", {"Name": name}).get("Mountpoint")
+
+    def capabilities(self) -> "Dict[str, Any]":
+        return self.call("VolumeDriver.Capabilities", {}).get("Capabilities") or {}
+
+###############################################################################
+# Built-in driver: a directory per volume ####################################
+###############################################################################
+
+#: The names Docker's own ``local`` driver accepts; they cover the 64-hex
+#: anonymous names. Plugin names are not validated by Docker (PROTOCOL 3.0).
+_VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
+#: Longest volume name, in characters: a directory name must fit NAME_MAX.
+MAX_VOLUME_NAME = 200
+_STATE_FILE = ".docker-volume-plugin.json"
+_LOCK_FILE = ".docker-volume-plugin.lock"
+_TRASH_PREFIX = ".removing-"
+_STATE_VERSION = 1
+_DIRECTORY_OPTIONS = ("gid", "mode", "uid")
+_MODE = re.compile(r"[0-7]{3,4}\Z")
+_BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+
+
+class DirectoryDriver(object):
+    """Each volume is a directory under ``root``; its state survives anything.
+
+    Options: ``uid``, ``gid`` (numbers) and ``mode`` (octal, default 0755) of
+    the volume's directory. The set of volumes, their options, creation times
+    and mount counts live in ``root/.docker-volume-plugin.json``, replaced
+    atomically (temporary file, fsync, rename, fsync of the directory) on
+    every change, so a restart or a ``kill -9`` at any instant loses nothing
+    that was answered. Mounts are counted per mount ID, and a volume with any
+    mount left cannot be removed. Calls for one volume are serialised; calls
+    for different volumes run in parallel. A lock file keeps a second process
+    off the same root.
+
+    On start it reconciles its state with the directories under ``root``: it
+    adopts volume directories it does not know (a create cut short), finishes
+    or rolls back a remove cut short, forgets mount counts from before a
+    reboot (no container survives one), and reports a volume whose directory
+    has vanished in its ``Status`` and refuses to mount it rather than hand a
+    container an empty directory.
+    """
+
+    def __init__(self, root: str) -> None:
+        import fcntl  # Unix only, and only the built-in driver needs it
+        self.root = os.path.abspath(root)
+        os.makedirs(self.root, mode=0o711, exist_ok=True)
+        self._state_path = os.path.join(self.root, _STATE_FILE)
+        self._lock_file = open(os.path.join(self.root, _LOCK_FILE), "a")
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise OSError(errno.EBUSY, "another process serves volumes from %s" % self.root)
+        self._state_lock = threading.Lock()
+        self._locks_lock = threading.Lock()
+        self._volume_locks = {}  # type: Dict[str, threading.Lock]
+        # name -> {"created_at", "options", "mounts": {mount id: count}}.
+        # Entries are replaced, never changed in place, so get() and list()
+        # can read a snapshot without locks.
+        self._volumes = {}  # type: Dict[str, Dict[str, Any]]
+        try:
+            self._volumes = self._reconcile(self._load())
+            self._commit(lambda volumes: None)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the root's lock file."""
+        self._lock_file.close()
+
+    # -- the driver contract --------------------------------------------------
+
+    def create(self, name: str, options: "Dict[str, str]") -> None:
+        self._check_name(name)
+        uid, gid, mode = _directory_options(options)
+        with self._volume_lock(name):
+            existing = self._volumes.get(name)
+            if existing is not None:
+                if existing["options"] == options:
+                    return  # a retried create: already done
+                raise PluginError("volume %r already exists with options %s"
+                                  % (name, _format_options(existing["options"])))
+            path = self._path(name)
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                raise PluginError("cannot create volume %r: %s already exists" % (name, path))
+            try:
+                if uid is not None or gid is not None:
+                    os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+                os.chmod(path, mode)
+                entry = {"created_at": format_rfc3339(datetime.datetime.now(_UTC)),
+                         "options": dict(options), "mounts": {}}
+                self._commit(lambda volumes: volumes.__setitem__(name, entry))
+            except BaseException:
+                os.rmdir(path)
+                raise
+
+    def remove(self, name: str) -> None:
+        with self._volume_lock(name):
+            entry = self._entry(name)
+            if entry["mounts"]:
+                raise PluginError("volume %r is in use: mounted %d time(s), by mount ID(s) %s"
+                                  % (name, sum(entry["mounts"].values()),
+                                     ", ".join(sorted(entry["mounts"]))))
+            path, trash = self._path(name), os.path.join(self.root, _TRASH_PREFIX + name)
+            if _is_real_directory(path):
+                if os.path.lexists(trash):
+                    _remove_tree(trash)
+                os.rename(path, trash)  # atomic: a crash leaves it whole, under one name
+                try:
+                    self._commit(lambda volumes: volumes.pop(name))
+                except BaseException:
+                    os.rename(trash, path)
+                    raise
+                _remove_tree(trash)
+            else:
+                log.warning("volume %r: %s is not a directory; forgetting the volume only",
+                            name, path)
+                self._commit(lambda volumes: volumes.pop(name))
+
+    def mount(self, name: str, mount_id: str) -> str:
+        with self._volume_lock(name):
+            entry = self._entry(name)
+            path = self._path(name)
+            if not _is_real_directory(path):
+                raise PluginError("the directory of volume %r, %s, is missing; not mounting an "
+                                  "empty one in its place" % (name, path))
+            mounts = dict(entry["mounts"])
+            mounts[mount_id] = mounts.get(mount_id, 0) + 1  # docker cp reuses an ID
+            self._commit(lambda volumes: volumes.__setitem__(name, dict(entry, mounts=mounts)))
+            return path
+
+    def unmount(self, name: str, mount_id: str) -> None:
+        with self._volume_lock(name):
+            entry = self._entry(name)
+            mounts = dict(entry["mounts"])
+            count = mounts.pop(mount_id, 0)
+            if count == 0:
+                # Docker 20.10 can unmount more than it mounted (PROTOCOL 3.10).
+                log.warning("volume %r: unmount of unknown mount ID %r ignored", name, mount_id)
+                return
+            if count > 1:
+                mounts[mount_id] = count - 1
+            self._commit(lambda volumes: volumes.__setitem__(name, dict(entry, mounts=mounts)))
+
+    def get(self, name: str) -> "Optional[Dict[str, Any]]":
+        entry = self._volumes.get(name)
+        if entry is None:
+            return None
+        path = self._path(name)
+        status = {"options": entry["options"], "mounts": sum(entry["mounts"].values())}
+        if not _is_real_directory(path):
+            status["problem"] = "directory %s is missing" % path
+        return {"Name": name, "Mountpoint": path, "CreatedAt": entry["created_at"],
+                "Status": status}
+
+    def list(self) -> "List[Dict[str, Any]]":
+        return [{"Name": name, "Mountpoint": self._path(name)} for name in self._volumes]
+
+    def path(self, name: str) -> str:
+        self._entry(name)
+        return self._path(name)
+
+    def capabilities(self) -> "Dict[str, Any]":
+        return {"Scope": "local"}
+
+    # -- internals --------------------------------------------------------------
+
+    @staticmethod
+    def _check_name(name: str) -> None:
+        if not _VOLUME_NAME.match(name) or len(name) > MAX_VOLUME_NAME:
+            raise PluginError(
+                "invalid volume name %r: use 1-%d letters, digits, '_', '.' or '-', starting "
+                "with a letter or digit" % (name, MAX_VOLUME_NAME))
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def _entry(self, name: str) -> "Dict[str, Any]":
+        entry = self._volumes.get(name)
+        if entry is None:
+            raise VolumeNotFound("no such volume: %r" % name)
+        return entry
+
+    def _volume_lock(self, name: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._volume_locks.setdefault(name, threading.Lock())
+
+    def _commit(self, change: "Callable[[Dict[str, Any]], Any]") -> None:
+        """Apply ``change`` to a copy of the volumes, persist it, then publish it."""
+        with self._state_lock:
+            volumes = dict(self._volumes)
+            change(volumes)
+            state = {"version": _STATE_VERSION, "boot_id": _boot_id(), "volumes": volumes}
+            data = json.dumps(state, indent=1, sort_keys=True).encode("utf-8")
+            _write_file_atomically(self._state_path, data, 0o600)
+            self._volumes = volumes
+
+    def _load(self) -> "Dict[str, Any]":
+        try:
+            with open(self._state_path, "rb") as state_file:
+                raw = state_file.read()
+        except FileNotFoundError:
+            return {"version": _STATE_VERSION, "volumes": {}}
+        try:
+            state = json.loads(raw.decode("utf-8"))
+            if not isinstance(state, dict) or not isinstance(state.get("volumes"), dict):
+                raise ValueError("no volumes object")
+        except ValueError as exc:
+            # Written atomically, so this is damage from outside: starting
+            # empty would make Docker forget every volume.
+            raise ValueError("state file %s is damaged (%s); not starting. Move it away to "
+                             "start over from the directories." % (self._state_path, exc))
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError("state file %s has version %r; this version reads %d"
+                             % (self._state_path, state.get("version"), _STATE_VERSION))
+        return state
+
+    def _reconcile(self, state: "Dict[str, Any]") -> "Dict[str, Any]":
+        volumes = {}  # type: Dict[str, Any]
+        for name, entry in state["volumes"].items():
+            if not _VOLUME_NAME.match(name):
+                log.error("state file lists invalid volume name %r; ignoring it", name)
+                continue
+            volumes[name] = entry
+        if state.get("boot_id") not in (None, _boot_id()):
+            log.info("the host rebooted since the last run: clearing all mount counts")
+            volumes = {name: dict(entry, mounts={}) for name, entry in volumes.items()}
+        for entry_name in sorted(os.listdir(self.root)):
+            path = os.path.join(self.root, entry_name)
+            if entry_name.startswith(_STATE_FILE + ".tmp-"):
+                os.unlink(path)  # a write cut short; the state file itself is whole
+            elif entry_name.startswith(_TRASH_PREFIX):
+                name = entry_name[len(_TRASH_PREFIX):]
+                if name in volumes and not os.path.lexists(self._path(name)):
+                    log.warning("volume %r: restoring it, its removal was cut short", name)
+                    os.rename(path, self._path(name))
+                else:
+                    _remove_tree(path)
+            elif (entry_name not in volumes and _VOLUME_NAME.match(entry_name)
+                  and _is_real_directory(path)):
+                log.info("adopting directory %s as volume %r", path, entry_name)
+                created = datetime.datetime.fromtimestamp(os.lstat(path).st_mtime, _UTC)
+                volumes[entry_name] = {"created_at": format_rfc3339(created),
+                                       "options": {}, "mounts": {}}
+        for name in volumes:
+            if not _is_real_directory(self._path(name)):
+                log.warning("volume %r: directory %s is missing", name, self._path(name))
+        return volumes
+
+
+def _directory_options(options: "Dict[str, str]") -> "Tuple[Optional[int], Optional[int], int]":
+    unknown = sorted(set(options) - set(_DIRECTORY_OPTIONS))
+    if unknown:
+        raise PluginError("unknown option(s) %s; known options: %s"
+                          % (", ".join(map(repr, unknown)), ", ".join(_DIRECTORY_OPTIONS)))
+    ids = []  # type: List[Optional[int]]
+    for key in ("uid", "gid"):
+        value = options.get(key)
+        if value is not None and (not _DIGITS.match(value) or int(value) > 0xFFFFFFFE):
+            raise PluginError("option %s=%r must be a number from 0 to 4294967294" % (key, value))
+        ids.append(None if value is None else int(value))
+    mode = options.get("mode", "0755")
+    if not _MODE.match(mode):
+        raise PluginError("option mode=%r must be octal permissions such as 0755" % mode)
+    return ids[0], ids[1], int(mode, 8)
+
+
+def _format_options(options: "Dict[str, str]") -> str:
+    return ", ".join("%s=%s" % item for item in sorted(options.items())) or "(none)"
+
+
+def _is_real_directory(path: str) -> bool:
+    """A directory, not a symlink to one: we never follow a link out of the root."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+    try:
+        if _is_real_directory(path):
+            shutil.rmtree(path)  # does not follow symlinks inside the tree
+        else:
+            os.unlink(path)
+    except OSError as exc:
+        log.error("could not remove %s: %s (it is removed at the next start)", path, exc)
+
+
+def _boot_id() -> "Optional[str]":
+    try:
+        with open(_BOOT_ID_FILE) as boot_id:
+            return boot_id.read().strip()
+    except OSError:
+        return None
+
+###############################################################################
+# Command line ################################################################
+###############################################################################
+
+_PROG = "docker_volume_plugin"
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _load_driver(spec: str) -> "Any":
+    """Load ``MODULE:ATTR`` (a module name or a .py path); call ATTR if it is a factory."""
+    import importlib
+    import importlib.util
+    module_ref, sep, attr = spec.rpartition(":")
+    if not sep or not module_ref or not attr:
+        raise _UsageError("--driver %r: expected MODULE:ATTR, e.g. mydriver:Driver" % spec)
+    try:
+        if module_ref.endswith(".py") or os.sep in module_ref:
+            module_name = os.path.splitext(os.path.basename(module_ref))[0]
+            module_spec = importlib.util.spec_from_file_location(module_name, module_ref)
+            if module_spec is None or not os.path.isfile(module_ref):
+                raise ImportError("no such file: %s" % module_ref)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_name] = module
+            module_spec.loader.exec_module(module)  # type: ignore
+        else:
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.insert(0, os.getcwd())  # as `python -m` and gunicorn do
+            module = importlib.import_module(module_ref)
+    except Exception as exc:
+        raise _UsageError("--driver %r: cannot import %s: %s" % (spec, module_ref, _error_text(exc)))
+    target = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise _UsageError("--driver %r: %s has no attribute %r" % (spec, module_ref, part))
+    if all(callable(getattr(target, m, None)) for m in _REQUIRED_METHODS) and not isinstance(target, type):
+        return target
+    if not callable(target):
+        raise _UsageError("--driver %r: %r is neither a driver nor a factory" % (spec, target))
+    try:
+        return target()
+    except Exception as exc:
+        raise _UsageError("--driver %r: creating the driver failed: %s" % (spec, _error_text(exc)))
+
+
+def _parse_tcp(value: str) -> "Tuple[str, int]":
+    host, sep, port = value.rpartition(":")
+    if not sep or not _DIGITS.match(port) or int(port) > 65535:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _build_parser() -> "Any":
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # one clear line, not usage + traceback
+            raise _UsageError(message)
+
+    parser = Parser(prog=_PROG, description="Docker volume plugins in one standard-library file.")
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True  # add_subparsers(required=) is Python 3.7+
+    serve_parser = commands.add_parser(
+        "serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="run a volume plugin (the built-in directory driver unless --driver)",
+        description="Run a volume plugin until SIGTERM or SIGINT. Without --driver it serves "
+                    "the built-in directory driver: one directory per volume under --root, "
+                    "options uid, gid and mode.")
+    serve_parser.add_argument("--name", default="dirs",
+                              help="plugin name, as in `docker volume create -d NAME`")
+    serve_parser.add_argument("--root", default="/var/lib/docker-volumes",
+                              help="directory that holds the volumes (built-in driver)")
+    serve_parser.add_argument("--socket", metavar="PATH",
+                              help="Unix socket to listen on (default: %s/NAME.sock)"
+                                   % PLUGIN_SOCKET_DIR)
+    serve_parser.add_argument("--tcp", metavar="HOST:PORT", type=_parse_tcp,
+                              help="listen on TCP instead and write SPEC_DIR/NAME.spec")
+    serve_parser.add_argument("--spec-dir", default=PLUGIN_SPEC_DIR,
+                              help="where --tcp writes its .spec file")
+    serve_parser.add_argument("--group", help="group (name or gid) given access to the socket")
+    serve_parser.add_argument("--log-level", default="INFO", type=str.upper,
+                              choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                              help="DEBUG also logs the engine's constant Get/List polling")
+    serve_parser.add_argument("--driver", metavar="MODULE:ATTR",
+                              help="serve your own driver: a driver object, class or factory "
+                                   "from an importable module or a .py file")
+    return parser
+
+
+def main(argv: "Optional[List[str]]" = None) -> int:
+    """The command line; returns the exit status (0 ok, 1 failure, 2 usage)."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        sys.stderr.write("%s: error: %s (see --help)\n" % (_PROG, exc))
+        return 2
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    driver = None
+    try:
+        if args.driver:
+            driver = _load_driver(args.driver)
+        else:
+            driver = DirectoryDriver(args.root)
+        serve(driver, name=args.name, socket_path=args.socket, tcp_address=args.tcp,
+              spec_dir=args.spec_dir, group=args.group)
+    except _UsageError as exc:
+        sys.stderr.write("%s: error: %s\n" % (_PROG, exc))
+        return 2
+    except (OSError, ValueError, TypeError) as exc:
+        if isinstance(exc, OSError) and exc.strerror:
+            message = exc.strerror if exc.filename is None else "%s: %s" % (exc.strerror, exc.filename)
+        else:
+            message = str(exc) or type(exc).__name__
+        sys.stderr.write("%s: error: %s\n" % (_PROG, message))
+        return 1
+    finally:
+        if isinstance(driver, DirectoryDriver):
+            driver.close()
+    return 0
+
+
+if __name__ == "__main__":
+    # Run as a script, this module is __main__: let `import docker_volume_plugin`
+    # in a --driver module find this copy, so its PluginError is ours.
+    sys.modules.setdefault("docker_volume_plugin", sys.modules[__name__])
+    sys.exit(main())

@@ -1,0 +1,1444 @@
+"""Tests for docker_volume_plugin: standard-library unittest only.
+
+Run: python3 -m unittest -v test_docker_volume_plugin
+
+The EngineTests class drives a real Docker engine through the docker CLI. It
+runs when DOCKER_HOST points at an engine (see .ci/engine); with
+DVP_ENGINE_TESTS=require (as in CI) a missing engine is a failure, not a skip.
+"""
+
+import datetime
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import unittest
+
+import docker_volume_plugin as dvp
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODULE = os.path.join(HERE, "docker_volume_plugin.py")
+MOUNT_ID = "a" * 64
+
+
+class MemoryDriver(object):
+    """A fake driver that keeps volumes in memory and counts calls."""
+
+    def __init__(self):
+        self.volumes = {}
+        self.calls = {}
+        self.mount_gate = None  # an Event that mount() waits for, when set
+
+    def _count(self, method):
+        self.calls[method] = self.calls.get(method, 0) + 1
+
+    def create(self, name, options):
+        self._count("create")
+        self.volumes[name] = {"Name": name, "Mountpoint": "/mnt/" + name,
+                              "CreatedAt": datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc),
+                              "Status": {"options": options}}
+
+    def remove(self, name):
+        self._count("remove")
+        if self.volumes.pop(name, None) is None:
+            raise dvp.VolumeNotFound("no such volume")
+
+    def mount(self, name, mount_id):
+        self._count("mount")
+        if self.mount_gate is not None:
+            self.mount_gate.wait(10)
+        return self.volumes[name]["Mountpoint"]
+
+    def unmount(self, name, mount_id):
+        self._count("unmount")
+
+    def get(self, name):
+        self._count("get")
+        return self.volumes.get(name)
+
+    def list(self):
+        self._count("list")
+        return list(self.volumes.values())
+
+
+def _parse_responses(raw):
+    """Split raw HTTP bytes into [(status, headers, body object)]."""
+    replies = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = dict((k.lower(), v.strip()) for k, _, v in (l.partition(":") for l in lines[1:]))
+        length = int(headers["content-length"])
+        replies.append((status, headers, json.loads(rest[:length].decode("utf-8"))))
+        raw = rest[length:]
+    return replies
+
+
+def _docker_request(method, body=b"", host=b""):
+    """A request exactly as the 20.10 engine writes it (PROTOCOL 1.5)."""
+    return (b"POST /" + method.encode() + b" HTTP/1.1\r\nHost: " + host +
+            b"\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: " + str(len(body)).encode() +
+            b"\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\n"
+            b"Accept-Encoding: gzip\r\n\r\n" + body)
+
+
+class QuietLogs(object):
+    """Silence the module's logger while a test runs, unless it asserts logs."""
+
+    def setUp(self):
+        super(QuietLogs, self).setUp()
+        logger = logging.getLogger("docker_volume_plugin")
+        self._old_level, self._old_propagate = logger.level, logger.propagate
+        logger.propagate = False
+        self.addCleanup(self._restore, logger)
+
+    def _restore(self, logger):
+        logger.level, logger.propagate = self._old_level, self._old_propagate
+
+
+# -- pure helpers ---------------------------------------------------------------
+
+
+class HelperTests(unittest.TestCase):
+    def test_rfc3339_from_aware_datetime(self):
+        moment = datetime.datetime(2024, 5, 1, 14, 34, 56, 123456,
+                                   datetime.timezone(datetime.timedelta(hours=2)))
+        self.assertEqual(dvp.format_rfc3339(moment), "2024-05-01T12:34:56.123456Z")
+
+    def test_rfc3339_from_naive_datetime_is_local_time(self):
+        naive = datetime.datetime(2024, 5, 1, 12, 0, 0)
+        expected = naive.astimezone().astimezone(datetime.timezone.utc)
+        self.assertEqual(dvp.format_rfc3339(naive), expected.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+    def test_rfc3339_from_strings(self):
+        self.assertEqual(dvp.format_rfc3339("2024-01-01T00:00:00Z"), "2024-01-01T00:00:00Z")
+        self.assertEqual(dvp.format_rfc3339("2024-01-01t01:00:00.5+01:00"), "2024-01-01T00:00:00.500000Z")
+        self.assertEqual(dvp.format_rfc3339("2024-01-01T00:00:00.123456789-00:30"),
+                         "2024-01-01T00:30:00.123456Z")
+
+    def test_rfc3339_rejects_what_docker_cannot_decode(self):
+        for bad in ("2024-01-01T00:00:00", "", "yesterday", "2024-13-01T00:00:00Z",
+                    "2024-01-01 00:00:00Z", True, None, [], {}):
+            self.assertIsNone(dvp.format_rfc3339(bad), bad)
+
+    def test_rfc3339_from_epoch_seconds(self):
+        self.assertEqual(dvp.format_rfc3339(0), "1970-01-01T00:00:00Z")
+        self.assertEqual(dvp.format_rfc3339(1.5), "1970-01-01T00:00:01.500000Z")
+
+    def test_spec_file_written_atomically(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = dvp.write_spec_file("p1", "tcp://127.0.0.1:9000", os.path.join(directory, "sub"))
+        with open(path) as spec:
+            self.assertEqual(spec.read(), "tcp://127.0.0.1:9000\n")
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o644)
+        self.assertEqual(os.listdir(os.path.dirname(path)), ["p1.spec"])  # no temporary left
+        with self.assertRaises(ValueError):
+            dvp.write_spec_file("p1", "127.0.0.1:9000", directory)  # no scheme
+
+    def test_json_spec_file_carries_addr_and_tls(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        tls = {"CAFile": "/ca.pem", "CertFile": "/c.pem", "KeyFile": "/k.pem"}
+        path = dvp.write_json_spec_file("p2", "https://10.0.0.1:9443", directory, tls_config=tls)
+        self.assertEqual(os.path.basename(path), "p2.json")
+        with open(path) as spec:
+            self.assertEqual(json.load(spec), {"Name": "p2", "Addr": "https://10.0.0.1:9443",
+                                               "TLSConfig": tls})
+
+
+# -- the protocol layer, without sockets -----------------------------------------
+
+
+class PluginTests(QuietLogs, unittest.TestCase):
+    def setUp(self):
+        super(PluginTests, self).setUp()
+        self.driver = MemoryDriver()
+        self.plugin = dvp.Plugin(self.driver)
+
+    def call(self, path, payload=None, raw=None):
+        body = raw if raw is not None else (b"" if payload is None else json.dumps(payload).encode() + b"\n")
+        return self.plugin.handle(path, body)
+
+    def test_activate_with_an_empty_body(self):
+        self.assertEqual(self.call("/Plugin.Activate"), (200, {"Implements": ["VolumeDriver"]}))
+
+    def test_driver_missing_a_method_is_refused_by_name(self):
+        class Partial(object):
+            def create(self, name, options): pass
+            def remove(self, name): pass
+            def get(self, name): pass
+            def list(self): pass
+        with self.assertRaises(TypeError) as caught:
+            dvp.Plugin(Partial())
+        self.assertIn("mount, unmount", str(caught.exception))
+
+    def test_driver_needs_no_base_class_and_a_module_works(self):
+        import types
+        module = types.ModuleType("drv")
+        for method in ("create", "remove", "mount", "unmount", "get", "list"):
+            setattr(module, method, lambda *a: None)
+        self.assertEqual(dvp.Plugin(module).implements, ["VolumeDriver"])
+
+    def test_create_options_null_empty_and_map(self):
+        for opts, expected in ((None, {}), ({}, {}), ({"size": "1G"}, {"size": "1G"})):
+            self.assertEqual(self.call("/VolumeDriver.Create", {"Name": "v", "Opts": opts}), (200, {}))
+            self.assertEqual(self.driver.volumes["v"]["Status"], {"options": expected})
+
+    def test_bad_fields_are_400_with_a_reason(self):
+        cases = [
+            ("/VolumeDriver.Create", {"Opts": {}}, "no Name"),
+            ("/VolumeDriver.Create", {"Name": 5}, "Name must be a string"),
+            ("/VolumeDriver.Create", {"Name": ""}, "Name is empty"),
+            ("/VolumeDriver.Create", {"Name": "v", "Opts": []}, "Opts must be an object"),
+            ("/VolumeDriver.Create", {"Name": "v", "Opts": {"a": 1}}, "option 'a' must be a string"),
+            ("/VolumeDriver.Mount", {"Name": "v"}, "no ID"),
+            ("/VolumeDriver.Get", {}, "no Name"),
+        ]
+        for path, payload, message in cases:
+            status, reply = self.call(path, payload)
+            self.assertEqual(status, 400, payload)
+            self.assertIn(message, reply["Err"])
+        self.assertEqual(self.driver.calls.get("create"), None)
+
+    def test_malformed_bodies(self):
+        for raw, message in ((b"{", "not valid JSON"), (b"[1]", "must be a JSON object"),
+                             (b"\xff\xfe", "not UTF-8"), (b"[" * 100000, "")):
+            status, reply = self.call("/VolumeDriver.Get", raw=raw)
+            self.assertEqual(status, 400)
+            self.assertIn(message, reply["Err"])
+
+    def test_empty_body_retry_gets_a_clear_error(self):
+        status, reply = self.call("/VolumeDriver.Mount", raw=b"")
+        self.assertEqual(status, 400)
+        self.assertIn("empty body", reply["Err"])
+        self.assertEqual(self.call("/VolumeDriver.List", raw=b""), (200, {"Volumes": []}))
+
+    def test_get_unknown_is_err_and_logged_quietly(self):
+        with self.assertLogs("docker_volume_plugin", logging.DEBUG) as logs:
+            status, reply = self.call("/VolumeDriver.Get", {"Name": "nope"})
+        self.assertEqual(status, 200)
+        self.assertIn("no such volume", reply["Err"])
+        self.assertEqual([r.levelno for r in logs.records], [logging.DEBUG])
+
+    def test_get_echoes_name_and_formats_created_at(self):
+        self.driver.volumes["v"] = {"Name": "other", "CreatedAt": "2024-01-01T01:00:00+01:00",
+                                    "Status": {"k": "v"}, "Mountpoint": "/m"}
+        self.assertEqual(self.call("/VolumeDriver.Get", {"Name": "v"}), (200, {"Volume": {
+            "Name": "v", "Mountpoint": "/m", "CreatedAt": "2024-01-01T00:00:00Z", "Status": {"k": "v"}}}))
+
+    def test_bad_optional_fields_are_dropped_not_sent(self):
+        self.driver.volumes["v"] = {"CreatedAt": "2024-01-01T00:00:00", "Status": {"x": object()},
+                                    "Mountpoint": 7}
+        with self.assertLogs("docker_volume_plugin", logging.ERROR) as logs:
+            status, reply = self.call("/VolumeDriver.Get", {"Name": "v"})
+        self.assertEqual((status, reply), (200, {"Volume": {"Name": "v"}}))
+        self.assertIn("RFC 3339", "\n".join(logs.output))
+        self.assertEqual(len(logs.records), 3)
+
+    def test_list_sends_only_name_and_mountpoint(self):
+        self.driver.volumes["a"] = {"Name": "a", "Mountpoint": "/a", "CreatedAt": "bad", "Status": {}}
+        self.driver.volumes["b"] = {"Name": "b"}
+        self.driver.volumes["c"] = {"Mountpoint": "/c"}  # no name: dropped, logged
+        with self.assertLogs("docker_volume_plugin", logging.ERROR):
+            status, reply = self.call("/VolumeDriver.List", {})
+        self.assertEqual(reply, {"Volumes": [{"Name": "a", "Mountpoint": "/a"}, {"Name": "b"}]})
+
+    def test_driver_error_reaches_docker_and_server_keeps_going(self):
+        def create(name, options):
+            raise dvp.PluginError("quota of 3 volumes reached")
+        self.driver.create = create
+        with self.assertLogs("docker_volume_plugin", logging.WARNING) as logs:
+            self.assertEqual(self.call("/VolumeDriver.Create", {"Name": "v", "Opts": None}),
+                             (200, {"Err": "quota of 3 volumes reached"}))
+        self.assertIsNone(logs.records[0].exc_info)  # expected failure: no traceback
+        self.assertEqual(self.call("/VolumeDriver.List", {}), (200, {"Volumes": []}))
+
+    def test_unexpected_exception_is_logged_with_traceback(self):
+        def remove(name):
+            raise OSError(5, "Input/output error")
+        self.driver.remove = remove
+        with self.assertLogs("docker_volume_plugin", logging.ERROR) as logs:
+            status, reply = self.call("/VolumeDriver.Remove", {"Name": "v"})
+        self.assertEqual(status, 200)
+        self.assertEqual(reply["Err"], "OSError: [Errno 5] Input/output error")
+        self.assertIsNotNone(logs.records[0].exc_info)
+
+    def test_log_levels_and_escaped_names(self):
+        self.call("/VolumeDriver.Create", {"Name": "v", "Opts": None})
+        with self.assertLogs("docker_volume_plugin", logging.DEBUG) as logs:
+            self.call("/VolumeDriver.Get", {"Name": "v"})
+            self.call("/VolumeDriver.Mount", {"Name": "v", "ID": "x\n\x1b[31m"})
+        get, mount = logs.records
+        self.assertEqual(get.levelno, logging.DEBUG)
+        self.assertEqual(mount.levelno, logging.INFO)
+        self.assertIn("id='x\\n\\x1b[31m'", mount.getMessage())
+        self.assertRegex(mount.getMessage(), r"^VolumeDriver\.Mount name='v' id=.* [0-9.]+ms ok$")
+
+    def test_bad_mountpoint_is_refused_and_undone(self):
+        self.driver.volumes["v"] = {"Name": "v", "Mountpoint": "relative/path"}
+        status, reply = self.call("/VolumeDriver.Mount", {"Name": "v", "ID": MOUNT_ID})
+        self.assertIn("must be an absolute path", reply["Err"])
+        self.assertEqual(self.driver.calls["unmount"], 1)
+
+    def test_path_falls_back_to_get(self):
+        self.call("/VolumeDriver.Create", {"Name": "v", "Opts": None})
+        self.assertEqual(self.call("/VolumeDriver.Path", {"Name": "v"}), (200, {"Mountpoint": "/mnt/v"}))
+        self.assertIn("no such volume", self.call("/VolumeDriver.Path", {"Name": "x"})[1]["Err"])
+        self.driver.path = lambda name: "/custom/" + name
+        self.assertEqual(self.call("/VolumeDriver.Path", {"Name": "v"})[1], {"Mountpoint": "/custom/v"})
+
+    def test_capabilities_default_and_validation(self):
+        self.assertEqual(self.call("/VolumeDriver.Capabilities", {})[1],
+                         {"Capabilities": {"Scope": "local"}})
+        self.driver.capabilities = lambda: {"Scope": "global"}
+        self.assertEqual(self.call("/VolumeDriver.Capabilities", {})[1],
+                         {"Capabilities": {"Scope": "global"}})
+        self.driver.capabilities = lambda: {"Scope": "cluster"}
+        self.assertIn("'local' or 'global'", self.call("/VolumeDriver.Capabilities", {})[1]["Err"])
+
+    def test_unknown_endpoint_is_404(self):
+        status, reply = self.call("/NetworkDriver.CreateNetwork", {})
+        self.assertEqual(status, 404)
+        self.assertIn("VolumeDriver", reply["Err"])
+
+    def test_extra_interface_without_editing_the_module(self):
+        self.plugin.add_route("AuthZPlugin.AuthZReq", lambda request: {"Allow": True})
+        self.plugin.implements.append("authz")
+        self.assertEqual(self.call("/Plugin.Activate")[1], {"Implements": ["VolumeDriver", "authz"]})
+        self.assertEqual(self.call("/AuthZPlugin.AuthZReq", {"User": "x"}), (200, {"Allow": True}))
+
+
+# -- the HTTP handler, without a real server -------------------------------------
+
+
+class _FakeSocket(object):
+    """Feeds ``data`` to the handler in ``step``-byte pieces; collects replies."""
+
+    def __init__(self, data, step=None):
+        self.data, self.step, self.sent = data, step, b""
+
+    def settimeout(self, timeout):
+        pass
+
+    def recv(self, size):
+        piece = self.data[:min(size, self.step or size)]
+        self.data = self.data[len(piece):]
+        return piece
+
+    def sendall(self, data):
+        self.sent += data
+
+
+class HandlerTests(QuietLogs, unittest.TestCase):
+    def serve_bytes(self, data, step=None, **limits):
+        server = dvp._PluginServerMixin()
+        server._setup_plugin(MemoryDriver(), limits.get("idle", 5.0), limits.get("request", 5.0),
+                             limits.get("max_body", dvp.MAX_BODY_BYTES))
+        conn = _FakeSocket(data, step)
+        dvp.PluginRequestHandler(conn, "", server)
+        return _parse_responses(conn.sent)
+
+    def test_keep_alive_pipelined_docker_requests(self):
+        data = (_docker_request("Plugin.Activate") +
+                _docker_request("VolumeDriver.Create", b'{"Name":"v","Opts":null}\n') +
+                _docker_request("VolumeDriver.Get", b'{"Name":"v"}\n', host=b"plugin.moby.localhost"))
+        replies = self.serve_bytes(data, step=7)
+        self.assertEqual([r[0] for r in replies], [200, 200, 200])
+        self.assertEqual(replies[0][2], {"Implements": ["VolumeDriver"]})
+        self.assertEqual(replies[2][2]["Volume"]["Name"], "v")
+        for _, headers, _ in replies:
+            self.assertEqual(headers["content-type"], "application/vnd.docker.plugins.v1.2+json")
+            self.assertNotIn("connection", headers)
+
+    def test_chunked_body_is_decoded(self):
+        body = b'{"Name":"v","Opts":{"a":"b"}}\n'
+        chunked = b"5;ext=1\r\n" + body[:5] + b"\r\n" + ("%x" % (len(body) - 5)).encode() + b"\r\n" + \
+            body[5:] + b"\r\n0\r\nTrailer: x\r\n\r\n"
+        request = (b"POST /VolumeDriver.Create HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked +
+                   _docker_request("VolumeDriver.Get", b'{"Name":"v"}'))
+        replies = self.serve_bytes(request)
+        self.assertEqual([r[0] for r in replies], [200, 200])
+        self.assertEqual(replies[1][2]["Volume"]["Status"], {"options": {"a": "b"}})
+
+    def test_http_1_0_closes_unless_keep_alive(self):
+        replies = self.serve_bytes(b"POST /Plugin.Activate HTTP/1.0\r\nContent-Length: 0\r\n\r\n" +
+                                   _docker_request("Plugin.Activate"))
+        self.assertEqual(len(replies), 1)
+        self.assertEqual(replies[0][1]["connection"], "close")
+
+    def test_framing_errors(self):
+        cases = [
+            (b"POST /Plugin.Activate HTTP/1.1\r\n\r\n", 411, "Content-Length required"),
+            (b"POST /Plugin.Activate HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400, "bad Content-Length"),
+            (b"POST /Plugin.Activate HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400, "bad Content-Length"),
+            (b"POST /Plugin.Activate HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n{",
+             400, "duplicate content-length"),
+            (b"POST /Plugin.Activate HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+             400, "duplicate content-length"),
+            (b"POST /Plugin.Activate HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+             400, "both Transfer-Encoding and Content-Length"),
+            (b"POST /Plugin.Activate HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "not supported"),
+            (b"POST /Plugin.Activate HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "bad chunk size"),
+            (b"POST /Plugin.Activate HTTP/1.1\r\nContent-Length: 0\r\nX-A: 1\r\n folded\r\n\r\n",
+             400, "malformed header"),
+            (b"POST /Plugin.Activate HTTP/1.1\r\nNo colon here\r\n\r\n", 400, "malformed header"),
+            (b"POST /Plugin.Activate HTTP/1.1\r\nContent-Length : 0\r\n\r\n", 400, "malformed header"),
+            (b"GARBAGE\r\n\r\n", 400, "malformed request line"),
+            (b"POST /Plugin.Activate HTTP/2.0\r\nContent-Length: 0\r\n\r\n", 505, "not supported"),
+            (b"POST /Plugin.Activate HTTP/1.1\r\nContent-Length: 9999999\r\n\r\n", 413, "over the"),
+            (b"POST /Plugin.Activate HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431, "header lines"),
+            (b"POST /Plugin.Activate HTTP/1.1\r\nX: " + b"y" * 70000, 431, "header block"),
+        ]
+        for request, status, message in cases:
+            replies = self.serve_bytes(request + _docker_request("Plugin.Activate"))
+            self.assertEqual(len(replies), 1, request[:60])  # framing lost: connection closed
+            self.assertEqual(replies[0][0], status, request[:60])
+            self.assertIn(message, replies[0][2]["Err"], request[:60])
+            self.assertEqual(replies[0][1]["connection"], "close")
+
+    def test_body_cut_short(self):
+        replies = self.serve_bytes(b"POST /Plugin.Activate HTTP/1.1\r\nContent-Length: 10\r\n\r\n{}")
+        self.assertEqual(replies[0][0], 400)
+        self.assertIn("closed before", replies[0][2]["Err"])
+
+    def test_chunked_body_over_the_limit(self):
+        request = (b"POST /VolumeDriver.List HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                   (b"400\r\n" + b" " * 1024 + b"\r\n") * 3)
+        replies = self.serve_bytes(request, max_body=2048)
+        self.assertEqual(replies[0][0], 413)
+
+    def test_method_other_than_post_is_405_and_keeps_the_connection(self):
+        replies = self.serve_bytes(b"GET /Plugin.Activate HTTP/1.1\r\nContent-Length: 0\r\n\r\n" +
+                                   _docker_request("Plugin.Activate"))
+        self.assertEqual([r[0] for r in replies], [405, 200])
+        self.assertEqual(replies[0][1]["allow"], "POST")
+
+
+# -- a real threaded server on a Unix socket --------------------------------------
+
+
+class UnixServerTests(QuietLogs, unittest.TestCase):
+    def setUp(self):
+        super(UnixServerTests, self).setUp()
+        self.dir = tempfile.mkdtemp(prefix="dvp")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.path = os.path.join(self.dir, "p.sock")
+        self.driver = MemoryDriver()
+        self.server = self.start_server()
+
+    def start_server(self, **kwargs):
+        server = dvp.UnixPluginServer(self.path, self.driver, **kwargs).start()
+        self.addCleanup(server.stop, 1.0)
+        return server
+
+    def raw(self, data, read_timeout=5.0):
+        """Send raw bytes on a fresh connection; return one reply, or b"" if it closes."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(read_timeout)
+        sock.connect(self.path)
+        try:
+            try:
+                sock.sendall(data)
+            except OSError:
+                pass  # the server may answer and close before reading it all
+            received = b""
+            while True:
+                head, _, body = received.partition(b"\r\n\r\n")
+                match = re.search(br"Content-Length: (\d+)", head)
+                if match and len(body) >= int(match.group(1)):
+                    return received
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return received
+                received += chunk
+        finally:
+            sock.close()
+
+    def test_docker_like_client_on_one_keep_alive_connection(self):
+        with dvp.PluginClient("unix://" + self.path) as client:
+            self.assertEqual(client.activate(), ["VolumeDriver"])
+            sock = client._connection.sock
+            client.create("v", None)
+            self.assertEqual(client.get("v")["CreatedAt"], "2024-05-01T12:00:00Z")
+            self.assertEqual(client.mount("v", MOUNT_ID), "/mnt/v")
+            client.unmount("v", MOUNT_ID)
+            self.assertEqual([v["Name"] for v in client.list()], ["v"])
+            self.assertEqual(client.capabilities(), {"Scope": "local"})
+            client.remove("v")
+            self.assertIs(client._connection.sock, sock)  # never reconnected
+        self.assertEqual(self.driver.calls, {"create": 1, "get": 1, "mount": 1, "unmount": 1,
+                                             "list": 1, "remove": 1})
+
+    def test_socket_mode_and_group(self):
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o660)
+        self.assertTrue(stat.S_ISSOCK(os.stat(self.path).st_mode))
+        self.server.stop(1.0)
+        self.server = self.start_server(group=os.getgid() + 1 if os.getgid() == 0 else os.getgid())
+        self.assertEqual(os.stat(self.path).st_gid, os.getgid() + 1 if os.getgid() == 0 else os.getgid())
+
+    def test_slow_mount_does_not_block_other_calls(self):
+        self.driver.create("v", {})
+        self.driver.mount_gate = threading.Event()
+        results = []
+        slow = threading.Thread(target=lambda: results.append(
+            dvp.PluginClient("unix://" + self.path).mount("v", MOUNT_ID)))
+        slow.start()
+        try:
+            started = time.time()
+            clients = [dvp.PluginClient("unix://" + self.path, timeout=5) for _ in range(8)]
+            threads = [threading.Thread(target=lambda c=c: results.append(c.get("v")["Name"]))
+                       for c in clients]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(5)
+            self.assertEqual(results, ["v"] * 8)
+            self.assertLess(time.time() - started, 5)
+        finally:
+            self.driver.mount_gate.set()
+            slow.join(5)
+        self.assertEqual(results[-1], "/mnt/v")
+
+    def test_bad_input_then_the_next_request_still_works(self):
+        bad = [
+            (_docker_request("VolumeDriver.Get", b"{not json"), 400),
+            (_docker_request("VolumeDriver.Get", b"[]"), 400),
+            (_docker_request("VolumeDriver.Get", b'{"Name": 1}'), 400),
+            (_docker_request("VolumeDriver.Get", b"{}"), 400),
+            (b"POST /VolumeDriver.Get HTTP/1.1\r\n\r\n", 411),
+            (b"POST /VolumeDriver.Get HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
+            (_docker_request("VolumeDriver.Get", b" " * (dvp.MAX_BODY_BYTES + 1)), 413),
+            (_docker_request("Nope"), 404),
+            (b"DELETE /VolumeDriver.Get HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
+        ]
+        for request, status in bad:
+            replies = _parse_responses(self.raw(request + b""))
+            self.assertEqual(replies[0][0], status, request[:50])
+            self.assertTrue(replies[0][2]["Err"])
+            with dvp.PluginClient("unix://" + self.path) as client:
+                self.assertEqual(client.activate(), ["VolumeDriver"])
+
+    def test_chunked_request_over_a_socket(self):
+        body = b'{"Name":"v","Opts":null}'
+        request = (b"POST /VolumeDriver.Create HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+                   b"Connection: close\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        self.assertEqual(_parse_responses(self.raw(request))[0][:1], (200,))
+        self.assertIn("v", self.driver.volumes)
+
+    def test_idle_client_is_timed_out_and_frees_its_thread(self):
+        self.server.stop(1.0)
+        self.server = self.start_server(idle_timeout=0.3)
+        started = time.time()
+        self.assertEqual(self.raw(b""), b"")  # closed without a reply
+        self.assertLess(time.time() - started, 3)
+        self.assertEqual(self._wait_connections_gone(), 0)
+
+    def test_dribbling_client_is_cut_off(self):
+        self.server.stop(1.0)
+        self.server = self.start_server(request_timeout=0.5)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(5)
+        sock.connect(self.path)
+        started = time.time()
+        try:
+            for byte in b"POST /Plugin.Activate HTTP/1.1\r\n":
+                sock.sendall(bytes([byte]))
+                time.sleep(0.1)
+                if time.time() - started > 3:
+                    break
+        except OSError:
+            pass  # the server closed on us: what we want
+        reply = b""
+        try:
+            reply = sock.recv(65536)
+        finally:
+            sock.close()
+        self.assertLess(time.time() - started, 3)
+        self.assertEqual(_parse_responses(reply)[0][0], 408)
+        self.assertEqual(self._wait_connections_gone(), 0)
+
+    def _wait_connections_gone(self):
+        for _ in range(50):
+            if not self.server._connections:
+                break
+            time.sleep(0.05)
+        return len(self.server._connections)
+
+    def test_stop_lets_calls_in_flight_finish_and_removes_socket(self):
+        self.driver.create("v", {})
+        self.driver.mount_gate = threading.Event()
+        results = []
+        client = dvp.PluginClient("unix://" + self.path)
+        caller = threading.Thread(target=lambda: results.append(client.mount("v", MOUNT_ID)))
+        caller.start()
+        while not self.driver.calls.get("mount"):
+            time.sleep(0.01)
+        idle = dvp.PluginClient("unix://" + self.path)
+        idle.activate()  # an idle keep-alive connection must not delay the stop
+        stopper = threading.Thread(target=lambda: results.append(self.server.stop(5.0)))
+        stopper.start()
+        for _ in range(100):  # serve_forever() notices the stop within its poll interval
+            if not os.path.exists(self.path):
+                break
+            time.sleep(0.02)
+        self.assertFalse(os.path.exists(self.path))  # no new connections while draining
+        self.assertTrue(caller.is_alive())
+        self.driver.mount_gate.set()
+        stopper.join(5)
+        caller.join(5)
+        self.assertEqual(sorted(map(str, results)), ["/mnt/v", "True"])
+
+    def test_stale_socket_is_replaced(self):
+        self.server.stop(1.0)
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(self.path)
+        stale.close()  # a crash leaves the file with nothing listening
+        self.server = self.start_server()
+        with dvp.PluginClient(self.path) as client:
+            self.assertEqual(client.activate(), ["VolumeDriver"])
+
+    def test_live_socket_and_other_files_are_never_deleted(self):
+        with self.assertRaises(OSError) as caught:
+            dvp.UnixPluginServer(self.path, MemoryDriver())
+        self.assertIn("served by another process", str(caught.exception))
+        other = os.path.join(self.dir, "file.sock")
+        with open(other, "w") as f:
+            f.write("keep me")
+        with self.assertRaises(OSError) as caught:
+            dvp.UnixPluginServer(other, MemoryDriver())
+        self.assertIn("not a socket", str(caught.exception))
+        with open(other) as f:
+            self.assertEqual(f.read(), "keep me")
+
+    def test_socket_path_over_108_bytes_is_refused(self):
+        long_path = os.path.join(self.dir, "x" * 120 + ".sock")
+        with self.assertRaises(OSError) as caught:
+            dvp.UnixPluginServer(long_path, MemoryDriver())
+        self.assertIn("108", str(caught.exception))
+
+
+class TCPServerTests(QuietLogs, unittest.TestCase):
+    def test_tcp_server_writes_and_removes_its_spec(self):
+        spec_dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, spec_dir)
+        server = dvp.TCPPluginServer(("127.0.0.1", 0), MemoryDriver(), name="tcpp", spec_dir=spec_dir)
+        server.start()
+        try:
+            spec_path = os.path.join(spec_dir, "tcpp.spec")
+            with open(spec_path) as spec:
+                address = spec.read().strip()
+            self.assertRegex(address, r"^tcp://127\.0\.0\.1:\d+$")
+            self.assertNotEqual(address, "tcp://127.0.0.1:0")
+            with dvp.PluginClient(address) as client:
+                self.assertEqual(client.activate(), ["VolumeDriver"])
+                client.create("v")
+                self.assertEqual(client.get("v")["Mountpoint"], "/mnt/v")
+        finally:
+            server.stop(1.0)
+        self.assertFalse(os.path.exists(spec_path))
+
+
+# -- signals, in a subprocess --------------------------------------------------------
+
+SLOW_DRIVER = '''
+import time, docker_volume_plugin as dvp
+
+class Slow(object):
+    def create(self, name, options): pass
+    def remove(self, name): pass
+    def mount(self, name, mount_id):
+        time.sleep(1.0)
+        return "/srv/" + name
+    def unmount(self, name, mount_id): pass
+    def get(self, name): return {"Name": name}
+    def list(self): return []
+    def capabilities(self): raise dvp.PluginError("capabilities from the test driver")
+'''
+
+
+def _wait_for_socket(path, proc, seconds=10):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError("plugin exited with %s: %s" % (proc.returncode, proc.stderr.read()))
+        try:
+            with dvp.PluginClient(path, timeout=2) as client:
+                client.activate()
+                return
+        except dvp.PluginCallError:
+            time.sleep(0.05)
+    raise AssertionError("plugin did not answer on %s" % path)
+
+
+class SignalTests(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="dvp")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        with open(os.path.join(self.dir, "slowdriver.py"), "w") as f:
+            f.write(SLOW_DRIVER)
+        self.sock = os.path.join(self.dir, "p.sock")
+
+    def start(self, prefix=(), extra=()):
+        env = dict(os.environ, PYTHONPATH=HERE)
+        proc = subprocess.Popen(list(prefix) + [sys.executable, MODULE, "serve", "--socket", self.sock,
+                                                "--driver", os.path.join(self.dir, "slowdriver.py:Slow")] +
+                                list(extra), stderr=subprocess.PIPE, universal_newlines=True, env=env)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        return proc
+
+    def check_graceful_stop(self, proc, pid, sig):
+        _wait_for_socket(self.sock, proc)
+        result = []
+        client = dvp.PluginClient(self.sock)
+        caller = threading.Thread(target=lambda: result.append(client.mount("v", MOUNT_ID)))
+        caller.start()
+        time.sleep(0.3)  # the mount is in flight
+        os.kill(pid, sig)
+        caller.join(10)
+        self.assertEqual(result, ["/srv/v"])
+        self.assertEqual(proc.wait(10), 0)
+        self.assertFalse(os.path.exists(self.sock))
+        return proc.stderr.read()
+
+    def test_sigterm_drains_and_removes_socket(self):
+        proc = self.start()
+        log_text = self.check_graceful_stop(proc, proc.pid, signal.SIGTERM)
+        self.assertIn("signal 15 received", log_text)
+        self.assertIn("VolumeDriver.Mount name='v'", log_text)
+
+    def test_sigint(self):
+        proc = self.start()
+        self.check_graceful_stop(proc, proc.pid, signal.SIGINT)
+
+    @unittest.skipUnless(shutil.which("unshare") and os.geteuid() == 0, "needs root and unshare")
+    def test_sigterm_as_pid_1(self):
+        proc = self.start(prefix=["unshare", "--pid", "--fork", "--kill-child"])
+        _wait_for_socket(self.sock, proc)
+        with open("/proc/%d/task/%d/children" % (proc.pid, proc.pid)) as children:
+            child = int(children.read().split()[0])
+        with open("/proc/%d/status" % child) as status:
+            ns_pids = [line.split()[1:] for line in status if line.startswith("NSpid:")][0]
+        self.assertEqual(ns_pids[-1], "1")  # really PID 1 in its namespace
+        self.check_graceful_stop(proc, child, signal.SIGTERM)
+
+    def test_tcp_spec_removed_on_sigterm(self):
+        spec_dir = os.path.join(self.dir, "specs")
+        proc = self.start(extra=["--tcp", "127.0.0.1:0", "--spec-dir", spec_dir, "--name", "sigtcp"])
+        spec = os.path.join(spec_dir, "sigtcp.spec")
+        for _ in range(200):
+            if os.path.exists(spec):
+                break
+            time.sleep(0.05)
+        with open(spec) as f:
+            address = f.read().strip()
+        with dvp.PluginClient(address) as client:
+            self.assertEqual(client.activate(), ["VolumeDriver"])
+            with self.assertRaises(dvp.PluginCallError) as caught:
+                client.capabilities()
+            self.assertEqual(str(caught.exception), "capabilities from the test driver")
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(10), 0)
+        self.assertFalse(os.path.exists(spec))
+
+
+# -- the built-in directory driver ----------------------------------------------------
+
+
+class DirectoryDriverTests(QuietLogs, unittest.TestCase):
+    def setUp(self):
+        super(DirectoryDriverTests, self).setUp()
+        self.base = tempfile.mkdtemp(prefix="dvp")
+        self.addCleanup(shutil.rmtree, self.base, True)
+        self.root = os.path.join(self.base, "root")
+        self.driver = self.open()
+
+    def open(self):
+        driver = dvp.DirectoryDriver(self.root)
+        self.addCleanup(driver.close)
+        return driver
+
+    def reopen(self):
+        self.driver.close()
+        self.driver = self.open()
+        return self.driver
+
+    def state(self):
+        with open(os.path.join(self.root, ".docker-volume-plugin.json")) as f:
+            return json.load(f)
+
+    def test_names(self):
+        for good in ("a", "A.b-c_d", "0" * 64, "x" * 200):
+            self.driver.create(good, {})
+        for bad in ("", "..", ".hidden", "-x", "_x", "a/b", "../escape", "a\x00b", "a b", "x" * 201,
+                    "é", "a\nb"):
+            with self.assertRaises(dvp.PluginError, msg=repr(bad)) as caught:
+                self.driver.create(bad, {})
+            self.assertIn("invalid volume name", str(caught.exception))
+        self.assertEqual(sorted(os.listdir(self.base)), ["root"])  # nothing outside the root
+
+    def test_options_validated_applied_and_shown(self):
+        self.driver.create("v", {"uid": "1234", "gid": "5678", "mode": "0750"})
+        st = os.stat(os.path.join(self.root, "v"))
+        self.assertEqual((st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)), (1234, 5678, 0o750))
+        self.assertEqual(self.driver.get("v")["Status"]["options"],
+                         {"uid": "1234", "gid": "5678", "mode": "0750"})
+        self.driver.create("d", {})
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.root, "d")).st_mode), 0o755)
+        for options, message in (({"size": "1G"}, "known options: gid, mode, uid"),
+                                 ({"uid": "-1"}, "uid"), ({"gid": "x"}, "gid"),
+                                 ({"mode": "999"}, "octal"), ({"mode": "17777"}, "octal")):
+            with self.assertRaises(dvp.PluginError) as caught:
+                self.driver.create("bad", options)
+            self.assertIn(message, str(caught.exception))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "bad")))
+
+    def test_created_at_is_real(self):
+        before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        self.driver.create("v", {})
+        created = self.driver.get("v")["CreatedAt"]
+        self.assertRegex(created, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+        moment = datetime.datetime.strptime(created[:19], "%Y-%m-%dT%H:%M:%S").replace(
+            tzinfo=datetime.timezone.utc)
+        self.assertLessEqual(before, moment)
+        self.assertLess(moment - before, datetime.timedelta(seconds=5))
+        self.assertEqual(self.reopen().get("v")["CreatedAt"], created)
+
+    def test_mount_counting_by_id(self):
+        self.driver.create("v", {})
+        path = self.driver.mount("v", "id1")
+        self.assertEqual(path, os.path.join(self.root, "v"))
+        self.driver.mount("v", "id1")  # docker cp on a running container
+        self.driver.mount("v", "id2")  # a second container
+        self.assertEqual(self.driver.get("v")["Status"]["mounts"], 3)
+        self.driver.unmount("v", "id1")
+        self.driver.unmount("v", "id2")
+        with self.assertRaises(dvp.PluginError) as caught:
+            self.driver.remove("v")
+        self.assertIn("in use", str(caught.exception))
+        self.assertIn("id1", str(caught.exception))
+        self.driver.unmount("v", "id1")
+        self.driver.unmount("v", "id1")  # one too many: ignored
+        self.driver.remove("v")
+        self.assertIsNone(self.driver.get("v"))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "v")))
+
+    def test_state_survives_a_restart(self):
+        self.driver.create("v", {"mode": "0700"})
+        self.driver.mount("v", "id1")
+        with open(os.path.join(self.root, "v", "data"), "w") as f:
+            f.write("x")
+        driver = self.reopen()
+        self.assertEqual(driver.get("v")["Status"], {"options": {"mode": "0700"}, "mounts": 1})
+        with self.assertRaises(dvp.PluginError):
+            driver.remove("v")
+        self.assertEqual(self.state()["volumes"]["v"]["mounts"], {"id1": 1})
+
+    def test_second_process_on_the_same_root_is_refused(self):
+        with self.assertRaises(OSError) as caught:
+            dvp.DirectoryDriver(self.root)
+        self.assertIn("another process", str(caught.exception))
+
+    def test_reconcile_adopts_restores_and_cleans(self):
+        self.driver.create("kept", {})
+        self.driver.create("interrupted", {})
+        self.driver.close()
+        os.mkdir(os.path.join(self.root, "adopted"))  # a create cut short before commit
+        os.rename(os.path.join(self.root, "interrupted"), os.path.join(self.root, ".removing-interrupted"))
+        os.mkdir(os.path.join(self.root, ".removing-gone"))  # a remove cut short after commit
+        open(os.path.join(self.root, ".docker-volume-plugin.json.tmp-1-2"), "w").close()
+        os.mkdir(os.path.join(self.root, "bad name"))
+        driver = self.open()
+        self.driver = driver
+        self.assertEqual(sorted(v["Name"] for v in driver.list()), ["adopted", "interrupted", "kept"])
+        self.assertEqual(sorted(os.listdir(self.root)), [
+            ".docker-volume-plugin.json", ".docker-volume-plugin.lock", "adopted", "bad name",
+            "interrupted", "kept"])
+        self.assertRegex(driver.get("adopted")["CreatedAt"], r"Z$")
+
+    def test_missing_directory_is_reported_not_replaced(self):
+        self.driver.create("v", {})
+        os.rmdir(os.path.join(self.root, "v"))
+        driver = self.reopen()
+        self.assertIn("missing", driver.get("v")["Status"]["problem"])
+        with self.assertRaises(dvp.PluginError) as caught:
+            driver.mount("v", "id1")
+        self.assertIn("missing", str(caught.exception))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "v")))
+        driver.remove("v")
+        self.assertIsNone(driver.get("v"))
+
+    def test_reboot_clears_mount_counts(self):
+        self.driver.create("v", {})
+        self.driver.mount("v", "id1")
+        self.driver.close()
+        path = os.path.join(self.root, ".docker-volume-plugin.json")
+        state = self.state()
+        state["boot_id"] = "another-boot"
+        with open(path, "w") as f:
+            json.dump(state, f)
+        self.driver = self.open()
+        self.assertEqual(self.driver.get("v")["Status"]["mounts"], 0)
+        self.driver.remove("v")
+
+    def test_damaged_state_file_stops_the_start(self):
+        self.driver.create("v", {})
+        self.driver.close()
+        with open(os.path.join(self.root, ".docker-volume-plugin.json"), "w") as f:
+            f.write('{"version": 1, "volu')
+        with self.assertRaises(ValueError) as caught:
+            dvp.DirectoryDriver(self.root)
+        self.assertIn("damaged", str(caught.exception))
+
+    def test_symlink_never_leads_outside_the_root(self):
+        outside = os.path.join(self.base, "outside")
+        os.mkdir(outside)
+        with open(os.path.join(outside, "precious"), "w") as f:
+            f.write("x")
+        self.driver.create("v", {})
+        os.rmdir(os.path.join(self.root, "v"))
+        os.symlink(outside, os.path.join(self.root, "v"))
+        os.symlink(outside, os.path.join(self.root, "linked"))
+        driver = self.reopen()
+        self.assertIsNone(driver.get("linked"))  # never adopted
+        with self.assertRaises(dvp.PluginError):
+            driver.mount("v", "id1")
+        driver.remove("v")
+        self.assertTrue(os.path.exists(os.path.join(outside, "precious")))
+
+    def test_list_never_sees_a_half_created_volume(self):
+        real_chmod, entered, release = os.chmod, threading.Event(), threading.Event()
+
+        def slow_chmod(path, mode):
+            if path.endswith("half"):
+                entered.set()
+                release.wait(5)
+            return real_chmod(path, mode)
+        dvp.os.chmod = slow_chmod
+        self.addCleanup(setattr, dvp.os, "chmod", real_chmod)
+        creator = threading.Thread(target=self.driver.create, args=("half", {}))
+        creator.start()
+        self.assertTrue(entered.wait(5))
+        try:
+            self.assertEqual(self.driver.list(), [])
+            self.assertIsNone(self.driver.get("half"))
+            # another volume is not held up by the first one's create
+            self.driver.create("other", {})
+            self.assertEqual([v["Name"] for v in self.driver.list()], ["other"])
+        finally:
+            release.set()
+            creator.join(5)
+        self.assertEqual(sorted(v["Name"] for v in self.driver.list()), ["half", "other"])
+
+    def test_calls_for_one_volume_are_serialised(self):
+        self.driver.create("v", {})
+        real_commit, inside, peak = self.driver._commit, [0], [0]
+
+        def counting_commit(change):
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+            time.sleep(0.01)
+            try:
+                return real_commit(change)
+            finally:
+                inside[0] -= 1
+        self.driver._commit = counting_commit
+        threads = [threading.Thread(target=self.driver.mount, args=("v", "id%d" % (i % 3)))
+                   for i in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        self.assertEqual(peak[0], 1)
+        self.assertEqual(self.driver.get("v")["Status"]["mounts"], 12)
+        self.assertEqual(self.state()["volumes"]["v"]["mounts"], {"id0": 4, "id1": 4, "id2": 4})
+
+    def test_served_driver_passes_through_the_protocol(self):
+        plugin = dvp.Plugin(self.driver)
+        status, reply = plugin.handle("/VolumeDriver.Create", b'{"Name":"../../etc","Opts":null}\n')
+        self.assertIn("invalid volume name", reply["Err"])
+        status, reply = plugin.handle("/VolumeDriver.Get", b'{"Name":"nope"}\n')
+        self.assertIn("no such volume", reply["Err"])
+
+
+KILL_BURST = '''
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import docker_volume_plugin as dvp
+client = dvp.PluginClient(sys.argv[2], timeout=10)
+log = open(sys.argv[3], "a", buffering=1)
+prefix = sys.argv[4]
+
+def step(op, name, call, *args):
+    log.write(json.dumps(["begin", op, name]) + "\\n")
+    call(name, *args)
+    log.write(json.dumps(["done", op, name]) + "\\n")
+
+i = 0
+while True:
+    name = "%s-v%d" % (prefix, i)
+    step("create", name, client.create, {"mode": "0700"})
+    step("mount", name, client.mount, "m%d" % i)
+    step("mount", name, client.mount, "m%d" % i)
+    if i % 3 == 0:
+        step("unmount", name, client.unmount, "m%d" % i)
+        step("unmount", name, client.unmount, "m%d" % i)
+        step("remove", name, client.remove)
+    i += 1
+'''
+
+
+class KillTests(unittest.TestCase):
+    def test_sigkill_in_a_burst_loses_nothing_answered(self):
+        base = tempfile.mkdtemp(prefix="dvp")
+        self.addCleanup(shutil.rmtree, base, True)
+        root, sock = os.path.join(base, "root"), os.path.join(base, "p.sock")
+        burst = os.path.join(base, "burst.py")
+        with open(burst, "w") as f:
+            f.write(KILL_BURST)
+        expected, cut_short = {}, {}  # name -> answered mount count; name -> call cut short
+        for round_number in range(3):
+            answers = os.path.join(base, "log%d" % round_number)
+            proc = subprocess.Popen([sys.executable, MODULE, "serve", "--root", root, "--socket", sock,
+                                     "--log-level", "WARNING"], stderr=subprocess.PIPE,
+                                    universal_newlines=True)
+            self.addCleanup(lambda p=proc: p.poll() is None and p.kill())
+            _wait_for_socket(sock, proc)
+            client = subprocess.Popen([sys.executable, burst, HERE, sock, answers, "r%d" % round_number],
+                                      stderr=subprocess.DEVNULL)
+            time.sleep(0.3 + random.random() * 0.7)
+            proc.kill()  # SIGKILL, in the middle of the burst
+            proc.wait()
+            client.wait(20)
+            with open(os.path.join(root, ".docker-volume-plugin.json")) as f:
+                json.load(f)  # always a whole, valid file
+            with open(answers) as f:
+                events = [json.loads(line) for line in f]
+            self.assertGreater(len(events), 20)
+            pending = {}
+            for phase, op, name in events:
+                if phase == "begin":
+                    pending = {name: op}
+                    continue
+                pending = {}
+                if op == "create":
+                    expected[name] = 0
+                elif op in ("mount", "unmount"):
+                    expected[name] += 1 if op == "mount" else -1
+                else:
+                    del expected[name]
+            self.assertEqual(len(pending), 1)  # the kill cut one call short
+            cut_short.update(pending)
+        # Restart and compare with every answer the clients got.
+        driver = dvp.DirectoryDriver(root)
+        self.addCleanup(driver.close)
+        listed = set(v["Name"] for v in driver.list())
+        for name, mounts in expected.items():
+            if cut_short.get(name) == "remove" and name not in listed:
+                continue
+            self.assertIn(name, listed)
+            volume = driver.get(name)
+            self.assertEqual(volume["Status"]["options"], {"mode": "0700"})
+            allowed = {mounts, mounts + (cut_short.get(name) == "mount"),
+                       mounts - (cut_short.get(name) == "unmount")}
+            self.assertIn(volume["Status"]["mounts"], allowed, name)
+            self.assertTrue(os.path.isdir(volume["Mountpoint"]))
+        for name in listed - set(expected):
+            self.assertEqual(cut_short.get(name), "create", name)
+
+
+# -- the command line ----------------------------------------------------------------
+
+
+class CommandLineTests(unittest.TestCase):
+    def run_cli(self, *args):
+        return subprocess.run([sys.executable, MODULE] + list(args), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
+
+    def test_help_lists_options_with_defaults(self):
+        result = self.run_cli("serve", "--help")
+        self.assertEqual(result.returncode, 0)
+        for option in ("--name", "--root", "--socket", "--tcp", "--spec-dir", "--group",
+                       "--log-level", "--driver", "/var/lib/docker-volumes"):
+            self.assertIn(option, result.stdout)
+        self.assertEqual(dvp.main(["--version"]), 0)
+
+    def test_bad_values_give_one_line_and_no_traceback(self):
+        for args, code in ((["serve", "--tcp", "nohost"], 2), (["serve", "--log-level", "LOUD"], 2),
+                           (["frobnicate"], 2), ([], 2),
+                           (["serve", "--root", "/proc/version/x"], 1),
+                           (["serve", "--driver", "nosuchmodule_xyz:Driver"], 2),
+                           (["serve", "--driver", "json"], 2),
+                           (["serve", "--driver", "json:loads"], 2),
+                           (["serve", "--driver", "json:nothing"], 2)):
+            result = self.run_cli(*args)
+            self.assertEqual(result.returncode, code, args)
+            self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+            self.assertIn("error:", result.stderr)
+            self.assertNotIn("Traceback", result.stderr)
+
+    def test_main_returns_an_exit_code(self):
+        self.assertEqual(dvp.main(["serve", "--tcp", "x"]), 2)
+
+    def test_module_and_script_forms_start(self):
+        base = tempfile.mkdtemp(prefix="dvp")
+        self.addCleanup(shutil.rmtree, base, True)
+        for index, command in enumerate(([sys.executable, "-m", "docker_volume_plugin"],
+                                         [sys.executable, MODULE])):
+            sock = os.path.join(base, "s%d.sock" % index)
+            proc = subprocess.Popen(command + ["serve", "--root", os.path.join(base, "r%d" % index),
+                                               "--socket", sock], cwd=HERE, stderr=subprocess.PIPE,
+                                    universal_newlines=True)
+            self.addCleanup(lambda p=proc: p.poll() is None and p.kill())
+            _wait_for_socket(sock, proc)
+            with dvp.PluginClient(sock) as client:
+                client.create("v")
+                self.assertTrue(os.path.isdir(client.mount("v", MOUNT_ID)))
+            proc.terminate()
+            self.assertEqual(proc.wait(10), 0)
+
+    def test_driver_from_module_name_with_factory(self):
+        base = tempfile.mkdtemp(prefix="dvp")
+        self.addCleanup(shutil.rmtree, base, True)
+        with open(os.path.join(base, "mymod.py"), "w") as f:
+            f.write(SLOW_DRIVER + "\ndef make():\n    return Slow()\n")
+        sock = os.path.join(base, "p.sock")
+        proc = subprocess.Popen([sys.executable, MODULE, "serve", "--socket", sock, "--driver", "mymod:make"],
+                                cwd=base, env=dict(os.environ, PYTHONPATH=HERE),
+                                stderr=subprocess.PIPE, universal_newlines=True)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        _wait_for_socket(sock, proc)
+        with dvp.PluginClient(sock) as client:
+            with self.assertRaises(dvp.PluginCallError) as caught:
+                client.capabilities()
+        # the driver's dvp.PluginError is the running module's: logged without traceback
+        proc.terminate()
+        self.assertEqual(proc.wait(10), 0)
+        log_text = proc.stderr.read()
+        self.assertIn("WARNING", log_text)
+        self.assertNotIn("Traceback", log_text)
+        self.assertEqual(str(caught.exception), "capabilities from the test driver")
+
+
+# -- README --------------------------------------------------------------------------
+
+
+def readme_example():
+    """The README's driver example, as text (between its two marker comments)."""
+    with open(os.path.join(HERE, "README.rst")) as f:
+        text = f.read()
+    block = text.split(".. example-start")[1].split(".. example-end")[0]
+    code = block.split("::", 1)[1]
+    return textwrap.dedent(code)
+
+
+class ReadmeTests(QuietLogs, unittest.TestCase):
+    def test_readme_example_serves_a_working_driver(self):
+        namespace = {"__name__": "readme_example"}
+        exec(compile(readme_example(), "README.rst", "exec"), namespace)
+        directory = tempfile.mkdtemp(prefix="dvp")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "m.sock")
+        with dvp.UnixPluginServer(path, namespace["MemoryDriver"]()):
+            with dvp.PluginClient(path) as client:
+                self.assertEqual(client.activate(), ["VolumeDriver"])
+                client.create("v", {"a": "b"})
+                self.assertEqual(client.get("v")["Status"], {"a": "b"})
+                self.assertTrue(client.mount("v", MOUNT_ID).startswith("/"))
+                client.unmount("v", MOUNT_ID)
+                self.assertEqual([v["Name"] for v in client.list()], ["v"])
+                client.remove("v")
+                with self.assertRaises(dvp.PluginCallError):
+                    client.get("v")
+
+    def test_readme_commands_are_the_real_ones(self):
+        with open(os.path.join(HERE, "README.rst")) as f:
+            text = f.read()
+        self.assertIn("python3 docker_volume_plugin.py serve --name dirs --root /srv/vols", text)
+        self.assertIn("python3 -m unittest -v test_docker_volume_plugin", text)
+        with open(os.path.join(HERE, ".ci", "run")) as f:
+            self.assertIn("-m unittest -v test_docker_volume_plugin", f.read())
+
+# -- the real Docker engine ----------------------------------------------------------
+
+DOCKER = os.environ.get("DVP_DOCKER_CLI") or (
+    "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker")
+IMAGE = os.environ.get("DVP_TEST_IMAGE", "busybox:local")
+
+REFUSING_DRIVER = '''
+import docker_volume_plugin as dvp
+
+class Refusing(object):
+    def create(self, name, options):
+        raise dvp.PluginError("quota exceeded: tenant blue may have 3 volumes")
+    def remove(self, name): pass
+    def mount(self, name, mount_id): return "/nonexistent"
+    def unmount(self, name, mount_id): pass
+    def get(self, name): return None
+    def list(self): return []
+'''
+
+
+def _engine_problem():
+    """Why the engine tests cannot run here, or None."""
+    if os.environ.get("DVP_ENGINE_TESTS") == "skip":
+        return "DVP_ENGINE_TESTS=skip"
+    if os.geteuid() != 0:
+        return "needs root, to put plugin sockets in /run/docker/plugins"
+    if not os.environ.get("DOCKER_HOST") and not os.path.exists("/var/run/docker.sock"):
+        return "no Docker engine: set DOCKER_HOST, e.g. eval \"$(.ci/engine start)\""
+    try:
+        if subprocess.run([DOCKER, "info"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          timeout=30).returncode != 0:
+            return "the engine at %s does not answer" % os.environ.get("DOCKER_HOST", "default")
+        if subprocess.run([DOCKER, "image", "inspect", IMAGE], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, timeout=30).returncode != 0:
+            return "no image %s (.ci/engine start builds it)" % IMAGE
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return "cannot run %s: %s" % (DOCKER, exc)
+    return None
+
+
+class EngineTests(unittest.TestCase):
+    """Plugins started from the command line, driven through the docker CLI.
+
+    Every test uses its own plugin name, and only calls that reach that
+    plugin (``-d``, ``--volume-driver``, ``--filter driver=``): the engine
+    caches every plugin it has used, and enumerating one that is gone costs
+    about 15 s of retries (PROTOCOL 1.4).
+    """
+
+    counter = 0
+
+    @classmethod
+    def setUpClass(cls):
+        problem = _engine_problem()
+        if problem is not None:
+            if os.environ.get("DVP_ENGINE_TESTS") == "require":
+                raise AssertionError("engine tests required but cannot run: " + problem)
+            raise unittest.SkipTest(problem)
+
+    def setUp(self):
+        self.base = tempfile.mkdtemp(prefix="dvp-engine-")
+        self.addCleanup(shutil.rmtree, self.base, True)
+
+    def docker(self, *args, **kwargs):
+        check = kwargs.pop("check", True)
+        result = subprocess.run([DOCKER] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                universal_newlines=True, timeout=kwargs.pop("timeout", 120))
+        if check and result.returncode != 0:
+            raise AssertionError("docker %s failed (%d): %s" % (" ".join(args), result.returncode,
+                                                                 result.stderr.strip()))
+        return result
+
+    def start_plugin(self, name=None, root=None, extra=()):
+        """Start the command line as users do; returns (name, root, process)."""
+        if name is None:
+            EngineTests.counter += 1
+            name = "dvpt%d-%d" % (os.getpid(), EngineTests.counter)
+        root = root or os.path.join(self.base, "root")
+        sock = os.path.join(dvp.PLUGIN_SOCKET_DIR, name + ".sock")
+        log_path = os.path.join(self.base, "plugin-%s.log" % name)
+        log_file = open(log_path, "a")
+        args = [sys.executable, MODULE, "serve", "--name", name, "--log-level", "DEBUG"]
+        args += list(extra) or ["--root", root]
+        proc = subprocess.Popen(args, stderr=log_file, env=dict(os.environ, PYTHONPATH=HERE))
+        log_file.close()
+        self.addCleanup(self._stop_plugin, proc, sock)
+        self.addCleanup(self._remove_engine_objects, name)
+        _wait_for_socket(sock, proc)
+        self.plugin_log = log_path
+        return name, root, proc
+
+    def _stop_plugin(self, proc, sock):
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(15)
+        if os.path.exists(sock) and proc.returncode != 0:
+            os.unlink(sock)  # never leave a stale socket for the engine to hang on
+
+    def _remove_engine_objects(self, driver):
+        for container in self.docker("ps", "-aq", "--filter", "label=dvp-test=%s" % driver).stdout.split():
+            self.docker("rm", "-f", container, check=False)
+        for volume in self.docker("volume", "ls", "-q", "--filter", "driver=" + driver).stdout.split():
+            self.docker("volume", "rm", "-f", volume, check=False)
+
+    def run_container(self, driver, *args):
+        return self.docker("run", "--label", "dvp-test=" + driver, *args)
+
+    def inspect(self, volume):
+        return json.loads(self.docker("volume", "inspect", volume).stdout)[0]
+
+    def listed(self, driver):
+        return self.docker("volume", "ls", "-q", "--filter", "driver=" + driver).stdout.split()
+
+    def test_create_ls_inspect_rm(self):
+        name, root, _ = self.start_plugin()
+        self.docker("volume", "create", "-d", name, "-o", "mode=0750", "-o", "uid=1000", "vol1")
+        self.assertEqual(self.listed(name), ["vol1"])
+        info = self.inspect("vol1")
+        self.assertEqual(info["Driver"], name)
+        self.assertEqual(info["Scope"], "local")
+        self.assertEqual(info["Mountpoint"], os.path.join(root, "vol1"))
+        self.assertEqual(info["Status"], {"options": {"mode": "0750", "uid": "1000"}, "mounts": 0})
+        created = datetime.datetime.strptime(info["CreatedAt"][:19], "%Y-%m-%dT%H:%M:%S")
+        self.assertLess(abs(created - datetime.datetime.utcnow()), datetime.timedelta(minutes=5))
+        st = os.stat(os.path.join(root, "vol1"))
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_uid), (0o750, 1000))
+        self.docker("volume", "rm", "vol1")
+        self.assertEqual(self.listed(name), [])
+        self.assertFalse(os.path.exists(os.path.join(root, "vol1")))
+
+    def test_containers_write_and_read_through_the_volume(self):
+        name, root, _ = self.start_plugin()
+        self.run_container(name, "--rm", "-v", "shared:/data", "--volume-driver", name, IMAGE,
+                           "sh", "-c", "echo written-by-one > /data/file")
+        with open(os.path.join(root, "shared", "file")) as f:
+            self.assertEqual(f.read(), "written-by-one\n")
+        read = self.run_container(name, "--rm", "-v", "shared:/data", "--volume-driver", name, IMAGE,
+                                  "cat", "/data/file")
+        self.assertEqual(read.stdout, "written-by-one\n")
+        self.assertEqual(self.inspect("shared")["Status"]["mounts"], 0)
+
+    def test_two_containers_count_mounts(self):
+        name, root, _ = self.start_plugin()
+        self.docker("volume", "create", "-d", name, "both")
+        for container in ("one", "two"):
+            self.run_container(name, "-d", "--name", "%s-%s" % (name, container), "-v", "both:/data",
+                               IMAGE, "sleep", "300")
+        self.assertEqual(self.inspect("both")["Status"]["mounts"], 2)
+        self.docker("stop", "-t", "0", name + "-one")
+        self.assertEqual(self.inspect("both")["Status"]["mounts"], 1)  # still mounted for two
+        self.docker("exec", name + "-two", "sh", "-c", "echo still-here > /data/f")
+        with open(os.path.join(root, "both", "f")) as f:
+            self.assertEqual(f.read(), "still-here\n")
+        self.docker("stop", "-t", "0", name + "-two")
+        self.assertEqual(self.inspect("both")["Status"]["mounts"], 0)
+
+    def test_docker_cp_keeps_the_volume_mounted(self):
+        name, root, _ = self.start_plugin()
+        container = name + "-cp"
+        self.run_container(name, "-d", "--name", container, "-v", "cpvol:/data", "--volume-driver", name,
+                           IMAGE, "sh", "-c", "echo payload > /data/f; sleep 300")
+        for _ in range(50):
+            if os.path.exists(os.path.join(root, "cpvol", "f")):
+                break
+            time.sleep(0.1)
+        self.docker("cp", container + ":/data/f", os.path.join(self.base, "copied"))
+        with open(os.path.join(self.base, "copied")) as f:
+            self.assertEqual(f.read(), "payload\n")
+        with open(self.plugin_log) as f:  # docker cp mounted and unmounted the running ID
+            mount_ids = re.findall(r"VolumeDriver\.Mount name='cpvol' id='(\w+)'", f.read())
+        self.assertGreaterEqual(mount_ids.count(mount_ids[-1]), 2, mount_ids)
+        self.assertEqual(self.inspect("cpvol")["Status"]["mounts"], 1)
+        self.docker("exec", container, "sh", "-c", "echo after-cp > /data/g")
+        self.assertTrue(os.path.exists(os.path.join(root, "cpvol", "g")))
+        self.docker("stop", "-t", "0", container)
+        self.assertEqual(self.inspect("cpvol")["Status"]["mounts"], 0)
+
+    def test_rm_of_a_volume_in_use_is_refused(self):
+        name, root, _ = self.start_plugin()
+        self.docker("volume", "create", "-d", name, "busy")
+        self.run_container(name, "-d", "--name", name + "-user", "-v", "busy:/data", IMAGE, "sleep", "300")
+        refused = self.docker("volume", "rm", "busy", check=False)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("in use", refused.stderr)
+        self.assertTrue(os.path.isdir(os.path.join(root, "busy")))
+        self.docker("rm", "-f", name + "-user")
+        self.docker("volume", "rm", "busy")
+        self.assertFalse(os.path.exists(os.path.join(root, "busy")))
+
+    def test_anonymous_volume_is_created_and_removed(self):
+        name, root, _ = self.start_plugin()
+        self.run_container(name, "--rm", "-v", "/data", "--volume-driver", name, IMAGE,
+                           "sh", "-c", "touch /data/x")
+        with open(self.plugin_log) as f:
+            created = re.findall(r"VolumeDriver\.Create name='([0-9a-f]{64})'", f.read())
+        self.assertEqual(len(created), 1)
+        with open(self.plugin_log) as f:
+            self.assertIn("VolumeDriver.Remove name='%s'" % created[0], f.read())
+        self.assertEqual(self.listed(name), [])
+        self.assertEqual([e for e in os.listdir(root) if not e.startswith(".")], [])
+
+    def test_driver_error_reaches_the_user_verbatim(self):
+        module = os.path.join(self.base, "refusing.py")
+        with open(module, "w") as f:
+            f.write(REFUSING_DRIVER)
+        name, _, _ = self.start_plugin(extra=["--driver", module + ":Refusing"])
+        result = self.docker("volume", "create", "-d", name, "nope", check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("quota exceeded: tenant blue may have 3 volumes", result.stderr)
+
+    def test_names_that_escape_the_root_are_refused(self):
+        name, root, _ = self.start_plugin()
+        for bad in ("../escaped", "..", "a/../../escaped2", ".hidden"):
+            result = self.docker("volume", "create", "-d", name, bad, check=False)
+            self.assertNotEqual(result.returncode, 0, bad)
+            self.assertIn("invalid volume name", result.stderr)
+        self.assertEqual(sorted(os.listdir(self.base)), ["plugin-%s.log" % name, "root"])
+        self.assertEqual([e for e in os.listdir(root) if not e.startswith(".")], [])
+
+    def test_plugin_sigkill_and_restart_loses_nothing(self):
+        name, root, proc = self.start_plugin()
+        self.docker("volume", "create", "-d", name, "-o", "mode=0700", "kept")
+        self.run_container(name, "--rm", "-v", "kept:/data", IMAGE, "sh", "-c", "echo precious > /data/f")
+        self.run_container(name, "-d", "--name", name + "-running", "-v", "kept:/data", IMAGE, "sleep", "300")
+        proc.kill()  # SIGKILL: the socket stays behind, stale
+        proc.wait()
+        self.start_plugin(name=name, root=root)
+        self.assertEqual(self.listed(name), ["kept"])
+        info = self.inspect("kept")
+        self.assertEqual(info["Status"], {"options": {"mode": "0700"}, "mounts": 1})
+        read = self.run_container(name, "--rm", "-v", "kept:/data", IMAGE, "cat", "/data/f")
+        self.assertEqual(read.stdout, "precious\n")
+        self.docker("stop", "-t", "0", name + "-running")
+        self.assertEqual(self.inspect("kept")["Status"]["mounts"], 0)
+
+    def test_readme_driver_served_with_driver_option(self):
+        module = os.path.join(self.base, "memory.py")
+        with open(module, "w") as f:
+            f.write(readme_example())
+        name, _, _ = self.start_plugin(extra=["--driver", module + ":MemoryDriver"])
+        self.docker("volume", "create", "-d", name, "-o", "color=blue", "mem")
+        self.assertEqual(self.inspect("mem")["Status"], {"color": "blue"})
+        self.run_container(name, "--rm", "-v", "mem:/data", IMAGE, "sh", "-c", "echo hi > /data/f")
+        read = self.run_container(name, "--rm", "-v", "mem:/data", IMAGE, "cat", "/data/f")
+        self.assertEqual(read.stdout, "hi\n")
+        self.assertEqual(self.listed(name), ["mem"])
+        self.docker("volume", "rm", "mem")
+        self.assertEqual(self.listed(name), [])
+
+    def test_zz_engine_restart_keeps_volumes(self):
+        engine_dir = os.environ.get("DVP_ENGINE_DIR")
+        if not engine_dir:
+            if os.environ.get("DVP_ENGINE_TESTS") == "require":
+                self.fail("DVP_ENGINE_DIR is not set: cannot restart the engine")
+            self.skipTest("restarting needs an engine from .ci/engine (DVP_ENGINE_DIR)")
+        name, root, _ = self.start_plugin()
+        self.docker("volume", "create", "-d", name, "-o", "gid=42", "--label", "keep=yes", "survivor")
+        self.run_container(name, "--rm", "-v", "survivor:/data", IMAGE, "sh", "-c", "echo x > /data/f")
+        subprocess.run(["bash", os.path.join(HERE, ".ci", "engine"), "restart"], check=True,
+                       env=dict(os.environ, DVP_ENGINE_DIR=engine_dir), timeout=120)
+        info = self.inspect("survivor")
+        self.assertEqual(info["Driver"], name)
+        self.assertEqual(info["Labels"], {"keep": "yes"})  # Docker kept its metadata
+        self.assertEqual(info["Options"], {"gid": "42"})
+        read = self.run_container(name, "--rm", "-v", "survivor:/data", IMAGE, "cat", "/data/f")
+        self.assertEqual(read.stdout, "x\n")
+
+
+
+if __name__ == "__main__":
+    unittest.main()
