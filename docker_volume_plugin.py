@@ -601,7 +601,7 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
                 except _ConnectionDone:
                     return
                 except _HTTPError as exc:
-                    self._reply_error(exc, head=b"")
+                    self._reply_error(exc)
                     return
                 with server._busy():
                     self._handle_request(head)
@@ -617,7 +617,7 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
             self._parse_head(head)
             body = self._read_body()
         except _HTTPError as exc:
-            self._reply_error(exc, head)
+            self._reply_error(exc)
             return
         except _ConnectionDone:
             self.close_connection = True
@@ -767,8 +767,8 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
 
     # -- writing ----------------------------------------------------------------
 
-    def _reply_error(self, exc: _HTTPError, head: bytes) -> None:
-        log.warning("bad request %r: %s", self.path or head[:80], exc)
+    def _reply_error(self, exc: _HTTPError) -> None:
+        log.warning("bad request%s: %s", " to %r" % self.path if self.path else "", exc)
         self.close_connection = True  # where the next request starts is unknown
         self._reply(exc.status, {"Err": str(exc)})
 

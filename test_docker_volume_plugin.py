@@ -100,12 +100,14 @@ class QuietLogs(object):
     def setUp(self):
         super(QuietLogs, self).setUp()
         logger = logging.getLogger("docker_volume_plugin")
-        self._old_level, self._old_propagate = logger.level, logger.propagate
+        handler = logging.NullHandler()  # keeps logging's last-resort printer quiet too
+        logger.addHandler(handler)
         logger.propagate = False
-        self.addCleanup(self._restore, logger)
+        self.addCleanup(self._restore, logger, handler)
 
-    def _restore(self, logger):
-        logger.level, logger.propagate = self._old_level, self._old_propagate
+    def _restore(self, logger, handler):
+        logger.removeHandler(handler)
+        logger.propagate = True
 
 
 # -- pure helpers ---------------------------------------------------------------
@@ -493,12 +495,14 @@ class UnixServerTests(QuietLogs, unittest.TestCase):
         self.driver.create("v", {})
         self.driver.mount_gate = threading.Event()
         results = []
-        slow = threading.Thread(target=lambda: results.append(
-            dvp.PluginClient("unix://" + self.path).mount("v", MOUNT_ID)))
+        clients = [dvp.PluginClient("unix://" + self.path, timeout=5) for _ in range(9)]
+        for client in clients:
+            self.addCleanup(client.close)
+        slow_client = clients.pop()
+        slow = threading.Thread(target=lambda: results.append(slow_client.mount("v", MOUNT_ID)))
         slow.start()
         try:
             started = time.time()
-            clients = [dvp.PluginClient("unix://" + self.path, timeout=5) for _ in range(8)]
             threads = [threading.Thread(target=lambda c=c: results.append(c.get("v")["Name"]))
                        for c in clients]
             for thread in threads:
@@ -582,11 +586,13 @@ class UnixServerTests(QuietLogs, unittest.TestCase):
         self.driver.mount_gate = threading.Event()
         results = []
         client = dvp.PluginClient("unix://" + self.path)
+        self.addCleanup(client.close)
         caller = threading.Thread(target=lambda: results.append(client.mount("v", MOUNT_ID)))
         caller.start()
         while not self.driver.calls.get("mount"):
             time.sleep(0.01)
         idle = dvp.PluginClient("unix://" + self.path)
+        self.addCleanup(idle.close)
         idle.activate()  # an idle keep-alive connection must not delay the stop
         stopper = threading.Thread(target=lambda: results.append(self.server.stop(5.0)))
         stopper.start()
@@ -669,6 +675,21 @@ class Slow(object):
 '''
 
 
+def _spawn(test, args, **kwargs):
+    """Start a subprocess that the test's cleanup kills and reaps."""
+    proc = subprocess.Popen(args, **kwargs)
+
+    def reap():
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    test.addCleanup(reap)
+    return proc
+
+
 def _wait_for_socket(path, proc, seconds=10):
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -693,16 +714,15 @@ class SignalTests(unittest.TestCase):
 
     def start(self, prefix=(), extra=()):
         env = dict(os.environ, PYTHONPATH=HERE)
-        proc = subprocess.Popen(list(prefix) + [sys.executable, MODULE, "serve", "--socket", self.sock,
-                                                "--driver", os.path.join(self.dir, "slowdriver.py:Slow")] +
-                                list(extra), stderr=subprocess.PIPE, universal_newlines=True, env=env)
-        self.addCleanup(lambda: proc.poll() is None and proc.kill())
-        return proc
+        return _spawn(self, list(prefix) + [sys.executable, MODULE, "serve", "--socket", self.sock,
+                                            "--driver", os.path.join(self.dir, "slowdriver.py:Slow")] +
+                      list(extra), stderr=subprocess.PIPE, universal_newlines=True, env=env)
 
     def check_graceful_stop(self, proc, pid, sig):
         _wait_for_socket(self.sock, proc)
         result = []
         client = dvp.PluginClient(self.sock)
+        self.addCleanup(client.close)
         caller = threading.Thread(target=lambda: result.append(client.mount("v", MOUNT_ID)))
         caller.start()
         time.sleep(0.3)  # the mount is in flight
@@ -1011,13 +1031,11 @@ class KillTests(unittest.TestCase):
         expected, cut_short = {}, {}  # name -> answered mount count; name -> call cut short
         for round_number in range(3):
             answers = os.path.join(base, "log%d" % round_number)
-            proc = subprocess.Popen([sys.executable, MODULE, "serve", "--root", root, "--socket", sock,
-                                     "--log-level", "WARNING"], stderr=subprocess.PIPE,
-                                    universal_newlines=True)
-            self.addCleanup(lambda p=proc: p.poll() is None and p.kill())
+            proc = _spawn(self, [sys.executable, MODULE, "serve", "--root", root, "--socket", sock,
+                                 "--log-level", "WARNING"], stderr=subprocess.PIPE, universal_newlines=True)
             _wait_for_socket(sock, proc)
-            client = subprocess.Popen([sys.executable, burst, HERE, sock, answers, "r%d" % round_number],
-                                      stderr=subprocess.DEVNULL)
+            client = _spawn(self, [sys.executable, burst, HERE, sock, answers, "r%d" % round_number],
+                            stderr=subprocess.DEVNULL)
             time.sleep(0.3 + random.random() * 0.7)
             proc.kill()  # SIGKILL, in the middle of the burst
             proc.wait()
@@ -1098,10 +1116,9 @@ class CommandLineTests(unittest.TestCase):
         for index, command in enumerate(([sys.executable, "-m", "docker_volume_plugin"],
                                          [sys.executable, MODULE])):
             sock = os.path.join(base, "s%d.sock" % index)
-            proc = subprocess.Popen(command + ["serve", "--root", os.path.join(base, "r%d" % index),
-                                               "--socket", sock], cwd=HERE, stderr=subprocess.PIPE,
-                                    universal_newlines=True)
-            self.addCleanup(lambda p=proc: p.poll() is None and p.kill())
+            proc = _spawn(self, command + ["serve", "--root", os.path.join(base, "r%d" % index),
+                                           "--socket", sock], cwd=HERE, stderr=subprocess.PIPE,
+                          universal_newlines=True)
             _wait_for_socket(sock, proc)
             with dvp.PluginClient(sock) as client:
                 client.create("v")
@@ -1115,10 +1132,9 @@ class CommandLineTests(unittest.TestCase):
         with open(os.path.join(base, "mymod.py"), "w") as f:
             f.write(SLOW_DRIVER + "\ndef make():\n    return Slow()\n")
         sock = os.path.join(base, "p.sock")
-        proc = subprocess.Popen([sys.executable, MODULE, "serve", "--socket", sock, "--driver", "mymod:make"],
-                                cwd=base, env=dict(os.environ, PYTHONPATH=HERE),
-                                stderr=subprocess.PIPE, universal_newlines=True)
-        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        proc = _spawn(self, [sys.executable, MODULE, "serve", "--socket", sock, "--driver", "mymod:make"],
+                      cwd=base, env=dict(os.environ, PYTHONPATH=HERE), stderr=subprocess.PIPE,
+                      universal_newlines=True)
         _wait_for_socket(sock, proc)
         with dvp.PluginClient(sock) as client:
             with self.assertRaises(dvp.PluginCallError) as caught:
@@ -1254,7 +1270,7 @@ class EngineTests(unittest.TestCase):
         log_file = open(log_path, "a")
         args = [sys.executable, MODULE, "serve", "--name", name, "--log-level", "DEBUG"]
         args += list(extra) or ["--root", root]
-        proc = subprocess.Popen(args, stderr=log_file, env=dict(os.environ, PYTHONPATH=HERE))
+        proc = _spawn(self, args, stderr=log_file, env=dict(os.environ, PYTHONPATH=HERE))
         log_file.close()
         self.addCleanup(self._stop_plugin, proc, sock)
         self.addCleanup(self._remove_engine_objects, name)
