@@ -42,7 +42,7 @@ __all__ = [
     "PluginError", "VolumeNotFound", "PluginCallError",
     "Plugin", "PluginRequestHandler", "UnixPluginServer", "TCPPluginServer",
     "PluginClient", "DirectoryDriver",
-    "serve", "write_spec_file", "write_json_spec_file", "main",
+    "serve", "write_spec_file", "write_json_spec_file", "find_plugin", "check_plugin", "main",
 ]
 
 import datetime
@@ -791,6 +791,10 @@ class _PluginServerMixin(object):
 
     daemon_threads = True
     block_on_close = False  # we drain calls in flight ourselves, with a bound
+    # socketserver's backlog of 5 overflows when the engine restores volumes
+    # with concurrent Gets (PROTOCOL 1.6); a full Unix backlog makes the
+    # engine's non-blocking connect fail at once with EAGAIN, not wait.
+    request_queue_size = socket.SOMAXCONN
 
     def _setup_plugin(self, plugin: "Any", idle_timeout: float, request_timeout: float,
                       max_body_bytes: int) -> None:
@@ -1062,20 +1066,25 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
     log.info("stopped")
 
 ###############################################################################
-# Client ######################################################################
+# Client and plugin lookup ####################################################
 ###############################################################################
 
+#: Spec directories in the engine's search order on Unix (PROTOCOL 1.1).
+PLUGIN_SPEC_DIRS = (PLUGIN_SPEC_DIR, "/usr/lib/docker/plugins")
 #: Per-call deadlines the engine applies, in seconds (PROTOCOL 1.7).
-_CALL_TIMEOUTS = {"VolumeDriver.Create": 120.0, "VolumeDriver.Mount": 120.0}
-_DEFAULT_CALL_TIMEOUT = 60.0
+CALL_DEADLINES = {"VolumeDriver.Create": 120.0, "VolumeDriver.Mount": 120.0}
+_DEFAULT_DEADLINE = 60.0
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: "Optional[float]" = None) -> None:
-        http.client.HTTPConnection.__init__(self, "localhost", timeout=timeout)
+    def __init__(self, path: str) -> None:
+        http.client.HTTPConnection.__init__(self, "localhost")
         self.unix_path = path
 
     def connect(self) -> None:
+        if len(os.fsencode(self.unix_path)) > MAX_SOCKET_PATH_BYTES:
+            raise OSError(errno.ENAMETOOLONG, "socket path %s is over the %d-byte limit"
+                          % (self.unix_path, MAX_SOCKET_PATH_BYTES))
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -1086,34 +1095,131 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+class _Lookup(object):
+    """Where the engine would find a plugin, and what looks wrong on the way."""
+
+    def __init__(self) -> None:
+        self.address = None  # type: Optional[str]
+        self.source = None  # type: Optional[str]
+        self.tls = None  # type: Optional[Dict[str, Any]]
+        self.problems = []  # type: List[str]
+        self.notes = []  # type: List[str]
+
+
+def find_plugin(name: str, socket_dir: str = PLUGIN_SOCKET_DIR,
+                spec_dirs: "Iterable[str]" = PLUGIN_SPEC_DIRS) -> _Lookup:
+    """Resolve a plugin name the way the engine does (PROTOCOL 1.1-1.3).
+
+    Sockets ``NAME.sock`` and ``NAME/NAME.sock`` first, then in each spec
+    directory ``NAME.spec``, ``NAME/NAME.spec``, ``NAME.json``,
+    ``NAME/NAME.json``; the first that exists wins, valid or not. Returns a
+    lookup whose ``address`` is None when the engine would fail, with
+    ``problems`` saying why in the engine's terms and ``notes`` on files that
+    the winner shadows.
+    """
+    lookup = _Lookup()
+    found = []  # type: List[Tuple[str, Optional[str], Optional[Dict[str, Any]], Optional[str]]]
+    for path in (os.path.join(socket_dir, name + ".sock"),
+                 os.path.join(socket_dir, name, name + ".sock")):
+        try:
+            is_socket = stat.S_ISSOCK(os.stat(path).st_mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            lookup.problems.append("cannot look at %s: %s" % (path, exc.strerror))
+            continue
+        if not is_socket:
+            lookup.notes.append("%s is not a socket, so the engine ignores it" % path)
+        elif len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
+            found.append((path, None, None, "socket path %s is %d bytes, over the %d-byte limit: "
+                          "the engine refuses it" % (path, len(os.fsencode(path)),
+                                                     MAX_SOCKET_PATH_BYTES)))
+        else:
+            found.append((path, "unix://" + path, None, None))
+    for directory in spec_dirs:
+        for relative in (name + ".spec", os.path.join(name, name + ".spec"),
+                         name + ".json", os.path.join(name, name + ".json")):
+            path = os.path.join(directory, relative)
+            if os.path.exists(path):
+                found.append((path,) + _read_spec(path))
+    if not found:
+        lookup.problems.append(
+            "no socket %s.sock in %s and no spec file %s.spec or %s.json in %s: the engine "
+            "retries for about 15 s, then says the plugin is not found. Is the plugin running, "
+            "under that name?" % (name, socket_dir, name, name, " or ".join(spec_dirs)))
+        return lookup
+    winner = found[0]
+    lookup.source, lookup.address, lookup.tls = winner[0], winner[1], winner[2]
+    if winner[3]:
+        lookup.problems.append(winner[3])
+    for other in found[1:]:
+        lookup.notes.append("%s is shadowed by %s, which comes first in the engine's search "
+                            "order" % (other[0], winner[0]))
+    return lookup
+
+
+def _read_spec(path: str) -> "Tuple[Optional[str], Optional[Dict[str, Any]], Optional[str]]":
+    """Return (address, TLS config, problem) for a .spec or .json file."""
+    try:
+        with open(path, "rb") as spec:
+            text = spec.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return None, None, "cannot read spec file %s: %s" % (path, exc.strerror)
+    tls = {}  # type: Optional[Dict[str, Any]]  # a .spec: the engine skips verification
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+            address = data["Addr"]
+            tls = data.get("TLSConfig")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None, None, "spec file %s is not a JSON object with an Addr" % path
+    else:
+        address = text.strip()
+    if not isinstance(address, str) or "://" not in address:
+        return None, None, ("spec file %s holds %r, an address without a scheme such as tcp://: "
+                            "the engine fails with 'Unknown protocol'" % (path, address))
+    return address, tls, None
+
+
 class PluginClient(object):
     """Talks to a plugin exactly as the engine does (PROTOCOL 1.5-1.9).
 
-    ``address`` is ``unix:///path``, a socket path, ``tcp://host:port`` or
-    ``http://host:port``. Requests are POSTs with only the engine's headers
-    (``Accept``, ``Content-Length``, ``User-Agent``, an empty ``Host`` on a
-    Unix socket), compact JSON bodies ending in a newline, over one
-    keep-alive connection, with the engine's per-call deadlines. As for the
-    engine, only a 200 without ``Err`` is success; anything else raises
-    :class:`PluginCallError`. One client serves one thread at a time.
+    ``target`` is an address (``unix:///path``, a socket path,
+    ``tcp://host:port``, ``http://``, ``https://``) or a plugin name, found
+    as the engine finds it (:func:`find_plugin`). Requests are POSTs with
+    only the engine's headers (``Accept``, ``Content-Length``,
+    ``User-Agent``, an empty ``Host`` on a Unix socket), compact JSON bodies
+    ending in a newline, over one keep-alive connection, with the engine's
+    deadlines (2 minutes for Create and Mount, 1 for the rest, none for
+    Activate) unless ``timeout`` is given. As for the engine, only a 200
+    without ``Err`` is success; anything else raises :class:`PluginCallError`.
+    One client serves one thread at a time.
     """
 
-    def __init__(self, address: str, timeout: "Optional[float]" = None) -> None:
-        self.address = address
+    def __init__(self, target: str, timeout: "Optional[float]" = None,
+                 socket_dir: str = PLUGIN_SOCKET_DIR,
+                 spec_dirs: "Iterable[str]" = PLUGIN_SPEC_DIRS) -> None:
+        tls = None  # type: Optional[Dict[str, Any]]
+        if "://" not in target and not target.startswith("/"):
+            lookup = find_plugin(target, socket_dir, spec_dirs)
+            if lookup.address is None:
+                raise PluginCallError("plugin %r: %s" % (target, "; ".join(lookup.problems)))
+            target, tls = lookup.address, lookup.tls
+        self.address = target
         #: Overrides the engine's deadlines for every call when set.
         self.timeout = timeout
-        if address.startswith("unix://"):
-            self._connection = _UnixHTTPConnection(address[len("unix://"):])  # type: Any
-            self._host = ""  # what a 20.10 engine sends over a Unix socket
-        elif address.startswith(("tcp://", "http://")):
-            hostport = address.split("://", 1)[1].rstrip("/")
-            self._connection = http.client.HTTPConnection(hostport)
-            self._host = hostport
-        elif address.startswith("/"):
-            self._connection = _UnixHTTPConnection(address)
-            self._host = ""
+        scheme, _, rest = target.partition("://") if "://" in target else ("unix", "", target)
+        self._host = ""  # what a 20.10 engine sends over a Unix socket
+        if scheme == "unix":
+            self._connection = _UnixHTTPConnection(rest)  # type: Any
+        elif scheme in ("tcp", "http"):
+            self._host = rest.rstrip("/")
+            self._connection = http.client.HTTPConnection(self._host)
+        elif scheme == "https":
+            self._host = rest.rstrip("/")
+            self._connection = http.client.HTTPSConnection(self._host, context=_tls_context(tls))
         else:
-            raise ValueError("unsupported plugin address %r" % address)
+            raise ValueError("unsupported plugin address %r" % target)
 
     def close(self) -> None:
         self._connection.close()
@@ -1124,8 +1230,12 @@ class PluginClient(object):
     def __exit__(self, *exc_info: "Any") -> None:
         self.close()
 
-    def call(self, method: str, payload: "Optional[Dict[str, Any]]" = None) -> "Dict[str, Any]":
-        """POST ``/METHOD`` and return the decoded reply object."""
+    def exchange(self, method: str, payload: "Optional[Dict[str, Any]]" = None
+                 ) -> "Tuple[int, bytes]":
+        """POST ``/METHOD`` and return the HTTP status and the raw reply body.
+
+        Raises :class:`PluginCallError` only for transport failures.
+        """
         if payload is None:
             body = b""  # Plugin.Activate has no body at all (PROTOCOL 2)
         else:
@@ -1134,9 +1244,11 @@ class PluginClient(object):
             body = (text.replace("<", "\\u003c").replace(">", "\\u003e")
                     .replace("&", "\\u0026") + "\n").encode("utf-8")
         conn = self._connection
-        conn.timeout = self.timeout if self.timeout is not None else (
-            None if method == "Plugin.Activate" else
-            _CALL_TIMEOUTS.get(method, _DEFAULT_CALL_TIMEOUT))
+        if self.timeout is not None:
+            conn.timeout = self.timeout
+        else:
+            conn.timeout = (None if method == "Plugin.Activate"
+                            else CALL_DEADLINES.get(method, _DEFAULT_DEADLINE))
         if conn.sock is not None:
             conn.sock.settimeout(conn.timeout)
         try:
@@ -1147,22 +1259,22 @@ class PluginClient(object):
             conn.putheader("Accept", PLUGIN_MEDIA_TYPE)
             conn.endheaders(body)
             response = conn.getresponse()
-            raw = response.read()
+            return response.status, response.read()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            raise PluginCallError("%s: %s: %s" % (method, type(exc).__name__, exc))
-        try:
-            reply = json.loads(raw.decode("utf-8")) if raw.strip() else None
-        except ValueError:
-            reply = None
+            raise PluginCallError("%s: %s" % (method, _error_text(exc)))
+
+    def call(self, method: str, payload: "Optional[Dict[str, Any]]" = None) -> "Dict[str, Any]":
+        """POST ``/METHOD`` and return the reply object, or raise as the engine fails."""
+        status, raw = self.exchange(method, payload)
+        reply = _parse_reply(raw)
         err = reply.get("Err") if isinstance(reply, dict) else None
-        if response.status != 200:
-            raise PluginCallError("%s: %s" % (method, err or raw.decode("utf-8", "replace")),
-                                  response.status)
+        if status != 200:
+            raise PluginCallError("%s: %s" % (method, err or raw.decode("utf-8", "replace")), status)
         if not isinstance(reply, dict):
-            raise PluginCallError("%s: reply is not a JSON object: %r" % (method, raw[:200]), 200)
+            raise PluginCallError("%s: reply is not a JSON object: %r" % (method, raw[:200]), status)
         if err:
-            raise PluginCallError(str(err), 200)
+            raise PluginCallError(str(err), status)
         return reply
 
     def activate(self) -> "List[str]":
@@ -1191,6 +1303,410 @@ class PluginClient(object):
 
     def capabilities(self) -> "Dict[str, Any]":
         return self.call("VolumeDriver.Capabilities", {}).get("Capabilities") or {}
+
+
+def _parse_reply(raw: bytes) -> "Any":
+    """Decode one JSON value as Go does; None when there is none."""
+    try:
+        return json.JSONDecoder().raw_decode(raw.decode("utf-8").lstrip())[0]
+    except ValueError:  # also UnicodeDecodeError
+        return None
+
+
+def _tls_context(tls: "Optional[Dict[str, Any]]") -> "Any":
+    """An SSL context following the engine's rules for a spec's TLSConfig."""
+    import ssl  # only https plugins need it
+    if tls is None:  # an https address given directly: verify as Go would
+        return ssl.create_default_context()
+    context = ssl.create_default_context(cafile=tls.get("CAFile") or None)
+    if not tls.get("CAFile") or tls.get("InsecureSkipVerify"):
+        # The engine skips verification for .spec files and for a TLSConfig
+        # without a CAFile (PROTOCOL 1.2).
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if tls.get("CertFile"):
+        context.load_cert_chain(tls["CertFile"], tls.get("KeyFile") or None)
+    return context
+
+###############################################################################
+# Conformance checker #########################################################
+###############################################################################
+
+#: Seconds the concurrency probe waits for a Get while a Mount is in progress.
+_PROBE_SECONDS = 5.0
+#: A call is "well within" the engine's deadline under this share of it.
+_DEADLINE_SHARE = 0.25
+_NAIVE_TIME = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?\Z")
+
+
+def check_plugin(target: str, options: "Optional[Dict[str, str]]" = None,
+                 socket_dir: str = PLUGIN_SOCKET_DIR, spec_dirs: "Iterable[str]" = PLUGIN_SPEC_DIRS,
+                 deadline_share: float = _DEADLINE_SHARE) -> "List[Dict[str, Any]]":
+    """Drive a running plugin through the engine's call sequences and judge it.
+
+    ``target`` is a plugin name or an address. Works on two scratch volumes
+    named ``dvp-check-<random>-a``/``-b`` (the second created with
+    ``options``) and removes them even when a rule fails; no other volume is
+    touched. Returns one ``{"rule", "passed", "detail"}`` per rule; a failed
+    rule's detail says what was seen and what Docker will do because of it.
+    """
+    results = []  # type: List[Dict[str, Any]]
+    address, notes = target, []  # type: str, List[str]
+    if "://" not in target and not target.startswith("/"):
+        lookup = find_plugin(target, socket_dir, spec_dirs)
+        notes = lookup.notes
+        if lookup.address is None:
+            return [_result("reachable", False, "; ".join(lookup.problems + notes))]
+        address = lookup.address
+    problem = _connect_problem(address)
+    if problem is not None:
+        return [_result("reachable", False, "; ".join([problem] + notes))]
+    results.append(_result("reachable", True, "; ".join([address] + notes)))
+    checker = _Checker(address, dict(options or {}), deadline_share)
+    return results + checker.run()
+
+
+def _result(rule: str, passed: bool, detail: str) -> "Dict[str, Any]":
+    return {"rule": rule, "passed": bool(passed), "detail": detail}
+
+
+def _split_address(address: str) -> "Tuple[int, Any]":
+    """Socket family and address for ``unix://``, ``tcp://`` or ``http://``."""
+    scheme, _, rest = address.partition("://") if "://" in address else ("unix", "", address)
+    if scheme == "unix":
+        return socket.AF_UNIX, rest
+    host, _, port = rest.rstrip("/").rpartition(":")
+    return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host.strip("[]"), int(port or 80))
+
+
+def _connect_problem(address: str) -> "Optional[str]":
+    """Why the engine could not connect to ``address``, in its terms, or None."""
+    if address.startswith("https://"):
+        return None  # checked by the first call
+    family, where = _split_address(address)
+    if family == socket.AF_UNIX and len(os.fsencode(where)) > MAX_SOCKET_PATH_BYTES:
+        return ("socket path %s is %d bytes, over the %d-byte limit: the engine refuses it"
+                % (where, len(os.fsencode(where)), MAX_SOCKET_PATH_BYTES))
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    probe.settimeout(5.0)
+    try:
+        probe.connect(where)
+    except ConnectionRefusedError:
+        if family == socket.AF_UNIX:
+            return ("stale socket %s: nothing listens on it. The engine hangs about 15 s on "
+                    "every `docker volume ls` while it retries: start the plugin or remove "
+                    "the socket" % where)
+        return ("nothing listens on %s: the engine retries for about 15 s, then fails the "
+                "call" % address)
+    except PermissionError:
+        return ("permission denied on %s: run as root, or serve with --group to give a group "
+                "access" % where)
+    except OSError as exc:
+        return "cannot connect to %s: %s" % (address, _error_text(exc))
+    finally:
+        probe.close()
+    return None
+
+
+def _created_at_problem(value: "Any") -> "Optional[str]":
+    if value is None or (isinstance(value, str) and format_rfc3339(value) is not None):
+        return None
+    if isinstance(value, str) and _NAIVE_TIME.match(value):
+        return "CreatedAt %r has no timezone" % value
+    return "CreatedAt %r is not an RFC 3339 time" % (value,)
+
+
+class _Checker(object):
+    """One run of :func:`check_plugin` against one address."""
+
+    def __init__(self, address: str, options: "Dict[str, str]", deadline_share: float) -> None:
+        self.address = address
+        self.options = options
+        self.deadline_share = deadline_share
+        self.client = PluginClient(address)
+        family, where = ((None, None) if address.startswith("https://")
+                         else _split_address(address))
+        #: Mountpoints are host paths we can look at only on this host.
+        self.local = family == socket.AF_UNIX or (
+            family is not None and where[0] in ("127.0.0.1", "::1", "localhost"))
+        token = os.urandom(6).hex()
+        self.names = ["dvp-check-%s-a" % token, "dvp-check-%s-b" % token]
+        self.created = []  # type: List[str]
+        self.mounted = []  # type: List[Tuple[str, str]]
+        self.calls = []  # type: List[Tuple[str, int, bytes, float]]
+        self.results = []  # type: List[Dict[str, Any]]
+
+    def rule(self, rule: str, passed: bool, detail: str) -> bool:
+        self.results.append(_result(rule, passed, detail))
+        return passed
+
+    def call(self, method: str, payload: "Optional[Dict[str, Any]]"
+             ) -> "Tuple[Dict[str, Any], Optional[str]]":
+        """Return the reply object ({} if unusable) and the error Docker would see."""
+        started = _monotonic()
+        status, raw = self.client.exchange(method, payload)
+        self.calls.append((method, status, raw, _monotonic() - started))
+        reply = _parse_reply(raw)
+        if status != 200 or not isinstance(reply, dict):
+            return {}, "HTTP %d %r" % (status, raw[:200])
+        return reply, (str(reply["Err"]) if reply.get("Err") else None)
+
+    def run(self) -> "List[Dict[str, Any]]":
+        try:
+            self.activate()
+            self.capabilities()
+            self.get_unknown()
+            if self.create():
+                self.concurrency()
+                self.mount()  # also undoes the probe's Mount
+                self.remove()
+            self.replies()
+        except PluginCallError as exc:
+            self.rule("transport", False, "%s: the engine retries such a failure for about 15 s, "
+                      "then fails the user's command" % exc)
+        finally:
+            self.cleanup()
+        return self.results
+
+    # -- the rules, in the order the engine makes its calls (PROTOCOL 3.9) ---
+
+    def activate(self) -> None:
+        reply, err = self.call("Plugin.Activate", None)
+        implements = reply.get("Implements")
+        if err is None and isinstance(implements, list) and "VolumeDriver" in implements:
+            self.rule("activate", True, "Implements %r" % implements)
+        else:
+            self.rule("activate", False, "saw %s: the engine refuses it with 'plugin does not "
+                      "implement the requested driver'" % (err or "Implements %r" % implements))
+
+    def capabilities(self) -> None:
+        reply, err = self.call("VolumeDriver.Capabilities", {})
+        capabilities = reply.get("Capabilities")
+        scope = capabilities.get("Scope") if isinstance(capabilities, dict) else None
+        if err is not None:
+            self.rule("capabilities", False, "saw %s: the engine assumes scope 'local' and asks "
+                      "again on every lookup" % err)
+        elif scope in ("local", "global"):
+            self.rule("capabilities", True, "Scope %r" % scope)
+        else:
+            self.rule("capabilities", False, "Scope %r: the engine accepts 'local' or 'global' "
+                      "and treats anything else as 'local', with a warning" % (scope,))
+
+    def get_unknown(self) -> None:
+        reply, err = self.call("VolumeDriver.Get", {"Name": self.names[0]})
+        if err is not None or reply.get("Volume") is None:
+            self.rule("get-unknown", True, "not found (%s)" % (err or "null Volume"))
+        else:
+            self.rule("get-unknown", False, "Get of %r, never created, returned %r: the engine "
+                      "calls Get before Create and adopts what it finds, so Create and its "
+                      "options never reach the plugin" % (self.names[0], reply.get("Volume")))
+
+    def create(self) -> bool:
+        for name, opts, label in ((self.names[0], None, "null"), (self.names[1], self.options, "a map")):
+            reply, err = self.call("VolumeDriver.Create", {"Name": name, "Opts": opts})
+            if not self.rule("create", err is None, "with Opts %s: %s" % (
+                    label, "ok" if err is None else "%s: `docker volume create` fails" % err)):
+                continue
+            self.created.append(name)
+            reply, err = self.call("VolumeDriver.Get", {"Name": name})
+            volume = reply.get("Volume")
+            if err is not None or not isinstance(volume, dict):
+                self.rule("get", False, "Get of %r just after Create: %s: the engine treats the "
+                          "volume as missing and deletes its labels and options"
+                          % (name, err or "null Volume"))
+            elif volume.get("Name") != name:
+                self.rule("get", False, "Get of %r returned Name %r: the engine uses the "
+                          "returned name, so the volume goes missing" % (name, volume.get("Name")))
+            else:
+                self.rule("get", True, "%r found after Create, name echoed" % name)
+        if self.created:
+            reply, err = self.call("VolumeDriver.List", {})
+            listed = [v.get("Name") for v in reply.get("Volumes") or [] if isinstance(v, dict)]
+            missing = [name for name in self.created if name not in listed]
+            self.rule("list", err is None and not missing, "lists %s" % ", ".join(self.created)
+                      if err is None and not missing else "%s: `docker volume ls` will not show %s"
+                      % (err or "List lacks " + ", ".join(missing), ", ".join(self.created)))
+        return self.names[0] in self.created
+
+    def mount(self) -> None:
+        name, first, second = self.names[0], _random_id(), _random_id()
+        paths = []  # type: List[Any]
+        for mount_id in (first, first, second):  # docker cp reuses the running ID
+            reply, err = self.call("VolumeDriver.Mount", {"Name": name, "ID": mount_id})
+            if err is not None:
+                self.rule("mount", False, "Mount #%d: %s: the container does not start"
+                          % (len(paths) + 1, err))
+                break
+            self.mounted.append((name, mount_id))
+            paths.append(reply.get("Mountpoint"))
+        else:
+            if not all(isinstance(p, str) and os.path.isabs(p) for p in paths):
+                self.rule("mount", False, "Mountpoints %r: not all absolute paths; the engine "
+                          "stores them anyway and the container fails to start" % (paths,))
+            elif len(set(paths)) != 1:
+                self.rule("mount", False, "Mountpoints %r for one volume: containers sharing it "
+                          "(or docker cp) would see different directories" % (paths,))
+            elif self.local and not os.path.isdir(paths[0]):
+                self.rule("mount", False, "Mountpoint %s does not exist while mounted: the "
+                          "runtime cannot bind-mount it and the container fails" % paths[0])
+            else:
+                self.rule("mount", True, "same ID twice and a second ID: %s" % paths[0])
+                reply, err = self.call("VolumeDriver.Path", {"Name": name})
+                self.rule("path", err is None and reply.get("Mountpoint") == paths[0],
+                          "agrees with Mount" if err is None and reply.get("Mountpoint") == paths[0]
+                          else "%s, but Mount gave %r: tools that ask Path see another directory"
+                          % (err or "Path gives %r" % reply.get("Mountpoint"), paths[0]))
+        failures = []
+        for volume, mount_id in list(self.mounted):
+            reply, err = self.call("VolumeDriver.Unmount", {"Name": volume, "ID": mount_id})
+            if err is None:
+                self.mounted.remove((volume, mount_id))
+            else:
+                failures.append(err)
+        if paths:
+            self.rule("unmount", not failures, "each Mount undone" if not failures else
+                      "%s: the engine logs it, keeps the mount ID and reuses it next time"
+                      % failures[0])
+
+    def concurrency(self) -> None:
+        """A Mount held half-sent must not stop a Get on another connection."""
+        if self.address.startswith("https://"):
+            return
+        family, where = _split_address(self.address)
+        mount_id = _random_id()
+        body = _encode_json({"Name": self.names[0], "ID": mount_id}) + b"\n"
+        held = socket.socket(family, socket.SOCK_STREAM)
+        held.settimeout(30.0)
+        try:
+            held.connect(where)
+            held.sendall(b"POST /VolumeDriver.Mount HTTP/1.1\r\nHost: \r\nUser-Agent: "
+                         b"Go-http-client/1.1\r\nContent-Length: %d\r\nAccept: %s\r\n\r\n"
+                         % (len(body), PLUGIN_MEDIA_TYPE.encode()) + body[:5])
+            started = _monotonic()
+            try:
+                with PluginClient(self.address, timeout=_PROBE_SECONDS) as other:
+                    other.exchange("VolumeDriver.Get", {"Name": self.names[0]})
+                self.rule("concurrency", True, "a Get answered in %.2fs while a Mount was in "
+                          "progress" % (_monotonic() - started))
+            except PluginCallError:
+                self.rule("concurrency", False, "a Get got no answer in %gs while a Mount was in "
+                          "progress on another connection: the server handles one connection "
+                          "at a time. The engine keeps idle connections open and calls "
+                          "concurrently, so it will hang" % _PROBE_SECONDS)
+                raise _ProbeFailed()
+            held.sendall(body[5:])
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                chunk = held.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+            if reply.startswith(b"HTTP/1.1 200") and b'"Mountpoint"' in reply and b'"Err":"' not in reply:
+                self.mounted.append((self.names[0], mount_id))
+        except _ProbeFailed:
+            pass  # closing with the body half-sent: the plugin never mounts it
+        except OSError as exc:
+            self.rule("concurrency", False, "the held Mount failed: %s" % _error_text(exc))
+        finally:
+            held.close()
+
+    def remove(self) -> None:
+        removed = []
+        for name in list(self.created):
+            reply, err = self.call("VolumeDriver.Remove", {"Name": name})
+            if self.rule("remove", err is None, "%r removed" % name if err is None else
+                         "%r: %s: `docker volume rm` fails and the engine keeps its metadata"
+                         % (name, err)):
+                self.created.remove(name)
+                removed.append(name)
+        for name in removed:
+            reply, err = self.call("VolumeDriver.Get", {"Name": name})
+            gone = err is not None or reply.get("Volume") is None
+            self.rule("get-removed", gone, "%r not found after Remove" % name if gone else
+                      "Get still returns %r after Remove: the engine believes it still exists"
+                      % reply.get("Volume"))
+        if removed:
+            reply, err = self.call("VolumeDriver.List", {})
+            listed = [v.get("Name") for v in reply.get("Volumes") or [] if isinstance(v, dict)]
+            still = [name for name in removed if name in listed]
+            self.rule("list-removed", err is None and not still, "List no longer has them"
+                      if err is None and not still else "%s: `docker volume ls` still shows "
+                      "removed volumes" % (err or ", ".join(still)))
+
+    def replies(self) -> None:
+        """Rules over every reply seen: status and JSON, CreatedAt, deadlines."""
+        bad_http, bad_time, slowest = None, None, (0.0, "", 1.0)
+        for method, status, raw, seconds in self.calls:
+            reply = _parse_reply(raw)
+            if bad_http is None and (status != 200 or not isinstance(reply, dict)):
+                bad_http = ("%s answered HTTP %d with %r: the engine counts anything but a 200 "
+                            "with a JSON object as a failure (for Get: the volume is missing)"
+                            % (method, status, raw[:200]))
+            if isinstance(reply, dict):
+                volumes = reply.get("Volumes") if method.endswith(".List") else [reply.get("Volume")]
+                for volume in volumes if isinstance(volumes, list) else []:
+                    problem = _created_at_problem(volume.get("CreatedAt")) if isinstance(
+                        volume, dict) else None
+                    if problem and bad_time is None:
+                        bad_time = problem + (
+                            ": the engine fails to decode the List and shows none of this "
+                            "plugin's volumes" if method.endswith(".List") else
+                            ": Docker will treat this volume as missing and delete its labels "
+                            "and options")
+            deadline = CALL_DEADLINES.get(method, _DEFAULT_DEADLINE)
+            if method != "Plugin.Activate" and seconds / deadline > slowest[0] / slowest[2]:
+                slowest = (seconds, method, deadline)
+        self.rule("http", bad_http is None, bad_http or "every reply a 200 with a JSON object")
+        self.rule("created-at", bad_time is None,
+                  bad_time or "every CreatedAt is RFC 3339 with a timezone, or absent")
+        seconds, method, deadline = slowest
+        quick = seconds <= deadline * self.deadline_share
+        self.rule("deadlines", quick, "slowest: %s in %.3fs (the engine allows %gs)"
+                  % (method, seconds, deadline) if quick else
+                  "%s took %.1fs, not well within the engine's %gs deadline: a call past it is "
+                  "abandoned, and a Mount or Create finished later is orphaned"
+                  % (method, seconds, deadline))
+
+    def cleanup(self) -> None:
+        """Undo our mounts and remove our scratch volumes, whatever happened."""
+        self.client.close()  # a one-connection server could not serve the next one
+        if not self.mounted and not self.created:
+            return
+        left = []
+        with PluginClient(self.address, timeout=30.0) as client:
+            for name, mount_id in self.mounted:
+                try:
+                    client.unmount(name, mount_id)
+                except PluginCallError as exc:
+                    left.append("unmount %s: %s" % (name, exc))
+            for name in self.created:
+                try:
+                    client.remove(name)
+                except PluginCallError as exc:
+                    left.append("remove %s: %s" % (name, exc))
+        if left:
+            self.rule("cleanup", False, "scratch volume left behind: %s" % "; ".join(left))
+
+
+class _ProbeFailed(Exception):
+    pass
+
+
+def _random_id() -> str:
+    """A mount ID of the engine's form: 64 lower-case hex characters."""
+    return os.urandom(32).hex()
+
+
+def _print_check(results: "List[Dict[str, Any]]", as_json: bool) -> int:
+    failed = sum(1 for r in results if not r["passed"])
+    if as_json:
+        sys.stdout.write(json.dumps({"passed": not failed, "results": results}, indent=2) + "\n")
+    else:
+        for r in results:
+            sys.stdout.write("%s %s: %s\n" % ("PASS" if r["passed"] else "FAIL", r["rule"], r["detail"]))
+        sys.stdout.write("%d passed, %d failed\n" % (len(results) - failed, failed))
+    return 1 if failed else 0
+
 
 ###############################################################################
 # Built-in driver: a directory per volume ####################################
@@ -1580,7 +2096,37 @@ def _build_parser() -> "Any":
     serve_parser.add_argument("--driver", metavar="MODULE:ATTR",
                               help="serve your own driver: a driver object, class or factory "
                                    "from an importable module or a .py file")
+    check_parser = commands.add_parser(
+        "check", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="test a running plugin the way the engine uses it",
+        description="Drive a running plugin through the calls the engine makes, on scratch "
+                    "volumes it removes afterwards, and judge every reply. Exits 0 only when "
+                    "every rule passes. When the plugin cannot be reached, says why in the "
+                    "engine's terms.")
+    check_parser.add_argument("target", metavar="NAME_OR_ADDRESS",
+                              help="plugin name (found as the engine finds it) or an address: "
+                                   "unix:///path, a socket path, tcp://host:port, http(s)://")
+    check_parser.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE",
+                              help="option for the scratch volume created with an option map")
+    check_parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    check_parser.add_argument("--socket-dir", default=PLUGIN_SOCKET_DIR,
+                              help="where to look for NAME.sock")
+    check_parser.add_argument("--spec-dir", action="append", dest="spec_dirs", metavar="DIR",
+                              help="where to look for NAME.spec and NAME.json, in order; "
+                                   "repeatable (default: %s)" % " then ".join(PLUGIN_SPEC_DIRS))
     return parser
+
+
+def _check_command(args: "Any") -> int:
+    options = {}
+    for item in args.opt:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _UsageError("-o %r: expected KEY=VALUE" % item)
+        options[key] = value
+    results = check_plugin(args.target, options, args.socket_dir,
+                           args.spec_dirs or PLUGIN_SPEC_DIRS)
+    return _print_check(results, args.json)
 
 
 def main(argv: "Optional[List[str]]" = None) -> int:
@@ -1593,6 +2139,12 @@ def main(argv: "Optional[List[str]]" = None) -> int:
         return 2
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
+    if args.command == "check":
+        try:
+            return _check_command(args)
+        except _UsageError as exc:
+            sys.stderr.write("%s: error: %s (see --help)\n" % (_PROG, exc))
+            return 2
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     driver = None

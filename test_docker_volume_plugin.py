@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import socketserver
 import stat
 import subprocess
 import sys
@@ -515,6 +516,21 @@ class UnixServerTests(QuietLogs, unittest.TestCase):
             self.driver.mount_gate.set()
             slow.join(5)
         self.assertEqual(results[-1], "/mnt/v")
+
+    def test_burst_of_connections_fits_the_backlog(self):
+        # The engine connects in bursts (restoring volumes at start); with
+        # socketserver's backlog of 5 the sixth connect fails with EAGAIN.
+        path = os.path.join(self.dir, "idle.sock")
+        server = dvp.UnixPluginServer(path, MemoryDriver())  # listening, not accepting
+        self.addCleanup(server.server_close)
+        clients = []
+        for _ in range(32):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(1.0)  # non-blocking connect, as Go's
+            clients.append(sock)
+            sock.connect(path)
+        for sock in clients:
+            sock.close()
 
     def test_bad_input_then_the_next_request_still_works(self):
         bad = [
@@ -1077,6 +1093,316 @@ class KillTests(unittest.TestCase):
             self.assertEqual(cut_short.get(name), "create", name)
 
 
+# -- check: the conformance checker and plugin lookup ---------------------------------
+
+
+class CheckableDriver(MemoryDriver):
+    """The fake driver, with mountpoints that exist on this host."""
+
+    def __init__(self, base):
+        MemoryDriver.__init__(self)
+        self.base = base
+
+    def create(self, name, options):
+        MemoryDriver.create(self, name, options)
+        self.volumes[name]["Mountpoint"] = os.path.join(self.base, name)
+
+    def mount(self, name, mount_id):
+        path = MemoryDriver.mount(self, name, mount_id)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+
+class _OneAtATime(dvp._PluginServerMixin, socketserver.UnixStreamServer):
+    """A single-threaded server, as a naive plugin would have."""
+
+    def __init__(self, path, plugin):
+        self._setup_plugin(plugin, 30.0, 30.0, dvp.MAX_BODY_BYTES)
+        socketserver.UnixStreamServer.__init__(self, path, dvp.PluginRequestHandler)
+
+    def process_request(self, request, client_address):
+        self._serve_connection(request, client_address)
+
+
+class CheckerTests(QuietLogs, unittest.TestCase):
+    def setUp(self):
+        super(CheckerTests, self).setUp()
+        self.dir = tempfile.mkdtemp(prefix="dvp")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.sock = os.path.join(self.dir, "p.sock")
+        self.driver = CheckableDriver(os.path.join(self.dir, "mnt"))
+
+    def check(self, plugin=None, server_class=dvp.UnixPluginServer, **kwargs):
+        server = server_class(self.sock, plugin if plugin is not None else self.driver)
+        server.start()
+        self.addCleanup(server.stop, 1.0)
+        return dvp.check_plugin(self.sock, **kwargs)
+
+    def failures(self, results):
+        return [(r["rule"], r["detail"]) for r in results if not r["passed"]]
+
+    def assert_fails(self, rule, message, results):
+        failures = self.failures(results)
+        self.assertIn(rule, [f[0] for f in failures], failures)
+        detail = [f[1] for f in failures if f[0] == rule][0]
+        self.assertIn(message, detail)
+
+    def test_passes_the_fake_driver_and_touches_no_other_volume(self):
+        self.driver.create("keep", {})
+        self.driver.mount("keep", MOUNT_ID)
+        results = self.check()
+        self.assertEqual(self.failures(results), [])
+        rules = [r["rule"] for r in results]
+        for rule in ("reachable", "activate", "capabilities", "get-unknown", "create", "get",
+                     "list", "mount", "path", "unmount", "concurrency", "remove", "get-removed",
+                     "list-removed", "http", "created-at", "deadlines"):
+            self.assertIn(rule, rules)
+        self.assertEqual(list(self.driver.volumes), ["keep"])  # scratch volumes gone
+        self.assertEqual(self.driver.calls["mount"], 1 + 4)  # ours: 3 + the held probe
+
+    def test_passes_the_builtin_driver(self):
+        driver = dvp.DirectoryDriver(os.path.join(self.dir, "root"))
+        self.addCleanup(driver.close)
+        results = self.check(driver, options={"mode": "0700"})
+        self.assertEqual(self.failures(results), [])
+        self.assertEqual(driver.list(), [])
+        self.assertEqual(sorted(os.listdir(driver.root)), [".docker-volume-plugin.json",
+                                                           ".docker-volume-plugin.lock"])
+
+    def test_activate_without_volume_driver(self):
+        plugin = dvp.Plugin(self.driver)
+        plugin.implements[:] = ["authz"]
+        self.assert_fails("activate", "does not implement", self.check(plugin))
+
+    def test_bad_scope(self):
+        self.driver.capabilities = lambda: {"Scope": "cluster"}
+        self.assert_fails("capabilities", "assumes scope 'local'", self.check())
+
+    def test_get_of_unknown_name_returns_a_volume(self):
+        self.driver.get = lambda name: {"Name": name}
+        self.assert_fails("get-unknown", "Create and its options never reach", self.check())
+
+    def test_get_after_create_says_missing(self):
+        self.driver.get = lambda name: None
+        self.assert_fails("get", "treats the volume as missing", self.check())
+
+    def test_list_without_the_volume(self):
+        self.driver.list = lambda: []
+        self.assert_fails("list", "will not show", self.check())
+
+    def test_mountpoint_differs_per_id(self):
+        self.driver.mount = lambda name, mount_id: os.path.join(self.dir, mount_id)
+        self.assert_fails("mount", "different directories", self.check())
+
+    def test_mountpoint_missing(self):
+        self.driver.mount = lambda name, mount_id: os.path.join(self.dir, "nowhere")
+        self.assert_fails("mount", "does not exist while mounted", self.check())
+
+    def test_path_disagrees(self):
+        self.driver.path = lambda name: "/elsewhere"
+        self.assert_fails("path", "tools that ask Path see another directory", self.check())
+
+    def test_unmount_fails(self):
+        def unmount(name, mount_id):
+            raise dvp.PluginError("device busy")
+        self.driver.unmount = unmount
+        self.assert_fails("unmount", "device busy: the engine logs it", self.check())
+
+    def test_remove_fails_and_cleanup_says_so(self):
+        def remove(name):
+            raise dvp.PluginError("backend down")
+        self.driver.remove = remove
+        results = self.check()
+        self.assert_fails("remove", "`docker volume rm` fails", results)
+        self.assert_fails("cleanup", "scratch volume left behind", results)
+
+    def test_removed_volume_still_there(self):
+        self.driver.remove = lambda name: None
+        results = self.check()
+        self.assert_fails("get-removed", "believes it still exists", results)
+        self.assert_fails("list-removed", "still shows", results)
+
+    def test_non_200_reply(self):
+        class Status201(dvp.Plugin):
+            def handle(self, path, body):
+                status, reply = dvp.Plugin.handle(self, path, body)
+                return (201 if path == "/VolumeDriver.Capabilities" else status), reply
+        self.assert_fails("http", "anything but a 200", self.check(Status201(self.driver)))
+
+    def test_created_at_without_timezone(self):
+        plugin = dvp.Plugin(self.driver)
+
+        def naive_get(request):
+            if request["Name"] not in self.driver.volumes:
+                return {"Err": "no such volume"}
+            return {"Volume": {"Name": request["Name"], "CreatedAt": "2024-01-01T00:00:00"}}
+        plugin.add_route("/VolumeDriver.Get", naive_get, read_only=True)
+        self.assert_fails("created-at", "CreatedAt '2024-01-01T00:00:00' has no timezone: Docker "
+                          "will treat this volume as missing and delete its labels and options",
+                          self.check(plugin))
+
+    def test_slow_call(self):
+        real_create = self.driver.create
+
+        def slow_create(name, options):
+            time.sleep(0.2)
+            real_create(name, options)
+        self.driver.create = slow_create
+        self.assert_fails("deadlines", "VolumeDriver.Create took", self.check(deadline_share=0.001))
+
+    def test_single_threaded_server(self):
+        started = time.time()
+        results = self.check(server_class=_OneAtATime)
+        self.assert_fails("concurrency", "one connection at a time", results)
+        self.assertEqual(list(self.driver.volumes), [])  # cleaned up all the same
+        self.assertLess(time.time() - started, 20)
+
+    def test_command_line_json_and_exit_status(self):
+        server = dvp.UnixPluginServer(self.sock, self.driver).start()
+        self.addCleanup(server.stop, 1.0)
+        result = subprocess.run([sys.executable, MODULE, "check", "--json", self.sock],
+                                stdout=subprocess.PIPE, universal_newlines=True, timeout=60)
+        self.assertEqual(result.returncode, 0)
+        report = json.loads(result.stdout)
+        self.assertTrue(report["passed"])
+        self.driver.list = lambda: []
+        result = subprocess.run([sys.executable, MODULE, "check", self.sock], stdout=subprocess.PIPE,
+                                universal_newlines=True, timeout=60)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("FAIL list:", result.stdout)
+        self.assertRegex(result.stdout, r"\n\d+ passed, 1 failed\n$")
+
+
+class LookupTests(unittest.TestCase):
+    """find_plugin and check's diagnostics, with real files and sockets."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="dvp")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.sockets = os.path.join(self.dir, "run")
+        self.etc, self.lib = os.path.join(self.dir, "etc"), os.path.join(self.dir, "lib")
+        for directory in (self.sockets, self.etc, self.lib):
+            os.mkdir(directory)
+
+    def find(self, name="p"):
+        return dvp.find_plugin(name, self.sockets, (self.etc, self.lib))
+
+    def check(self, name="p"):
+        return dvp.check_plugin(name, socket_dir=self.sockets, spec_dirs=(self.etc, self.lib))
+
+    def write(self, path, text):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+
+    def bind(self, path):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        sock.bind(path)
+        return sock
+
+    def test_nothing_there(self):
+        results = self.check()
+        self.assertEqual(len(results), 1)
+        self.assertFalse(results[0]["passed"])
+        self.assertIn("no socket p.sock in %s" % self.sockets, results[0]["detail"])
+        self.assertIn("not found", results[0]["detail"])
+
+    def test_engine_search_order(self):
+        self.write(os.path.join(self.lib, "p.spec"), "tcp://127.0.0.1:3\n")
+        self.assertEqual(self.find().address, "tcp://127.0.0.1:3")
+        self.write(os.path.join(self.etc, "p", "p.json"), '{"Addr": "tcp://127.0.0.1:4"}')
+        self.assertEqual(self.find().address, "tcp://127.0.0.1:4")
+        self.write(os.path.join(self.etc, "p.json"), '{"Addr": "tcp://127.0.0.1:5"}')
+        self.assertEqual(self.find().address, "tcp://127.0.0.1:5")
+        self.write(os.path.join(self.etc, "p", "p.spec"), "tcp://127.0.0.1:6")
+        self.assertEqual(self.find().address, "tcp://127.0.0.1:6")
+        self.write(os.path.join(self.etc, "p.spec"), " tcp://127.0.0.1:7 \n")
+        self.assertEqual(self.find().address, "tcp://127.0.0.1:7")
+        nested = self.bind(os.path.join(self.sockets, "p", "p.sock"))
+        self.addCleanup(nested.close)
+        self.assertEqual(self.find().address, "unix://" + os.path.join(self.sockets, "p", "p.sock"))
+        top = self.bind(os.path.join(self.sockets, "p.sock"))
+        self.addCleanup(top.close)
+        lookup = self.find()
+        self.assertEqual(lookup.address, "unix://" + os.path.join(self.sockets, "p.sock"))
+        self.assertEqual(len(lookup.notes), 6)  # every other file is shadowed
+        self.assertIn("shadowed by %s" % os.path.join(self.sockets, "p.sock"), lookup.notes[0])
+
+    def test_stale_socket(self):
+        self.bind(os.path.join(self.sockets, "p.sock")).close()
+        detail = self.check()[0]["detail"]
+        self.assertIn("stale socket", detail)
+        self.assertIn("15 s", detail)
+
+    def test_regular_file_named_like_a_socket(self):
+        self.write(os.path.join(self.sockets, "p.sock"), "")
+        lookup = self.find()
+        self.assertIsNone(lookup.address)
+        self.assertIn("not a socket", lookup.notes[0])
+
+    def test_spec_without_scheme(self):
+        self.write(os.path.join(self.etc, "p.spec"), "127.0.0.1:8080\n")
+        detail = self.check()[0]["detail"]
+        self.assertIn("Unknown protocol", detail)
+
+    def test_shadowed_spec_is_named_when_the_winner_is_dead(self):
+        dead = socket.socket()
+        dead.bind(("127.0.0.1", 0))
+        port = dead.getsockname()[1]
+        dead.close()  # nothing listens there now
+        self.write(os.path.join(self.etc, "p.spec"), "tcp://127.0.0.1:%d" % port)
+        self.write(os.path.join(self.etc, "p.json"), '{"Addr": "tcp://127.0.0.1:1"}')
+        detail = self.check()[0]["detail"]
+        self.assertIn("nothing listens on tcp://127.0.0.1:%d" % port, detail)
+        self.assertIn("p.json is shadowed by %s" % os.path.join(self.etc, "p.spec"), detail)
+
+    def test_socket_path_over_108_bytes(self):
+        deep = os.path.join(self.sockets, "d" * 60, "e" * 60)
+        os.makedirs(deep)
+        here = os.getcwd()
+        os.chdir(deep)  # bind() takes the relative name; the full path is too long
+        try:
+            sock = self.bind("p.sock")
+        finally:
+            os.chdir(here)
+        self.addCleanup(sock.close)
+        lookup = dvp.find_plugin("p", deep, ())
+        self.assertIsNone(lookup.address)
+        self.assertIn("over the 108-byte limit", lookup.problems[0])
+        detail = dvp.check_plugin(os.path.join(deep, "p.sock"))[0]["detail"]
+        self.assertIn("over the 108-byte limit", detail)
+
+    @unittest.skipUnless(os.geteuid() == 0 and os.path.exists("/usr/bin/python3"),
+                         "needs root and the system python3 to check as another user")
+    def test_permission_denied(self):
+        os.chmod(self.dir, 0o755)
+        server = dvp.UnixPluginServer(os.path.join(self.sockets, "p.sock"), MemoryDriver(), mode=0o600)
+        server.start()
+        self.addCleanup(server.stop, 1.0)
+        os.chmod(self.sockets, 0o755)
+        module = os.path.join(self.dir, "docker_volume_plugin.py")  # readable by nobody
+        shutil.copy(MODULE, module)
+        os.chmod(module, 0o644)
+        result = subprocess.run(
+            ["/usr/bin/python3", module, "check", "p", "--socket-dir", self.sockets, "--spec-dir", self.etc],
+            stdout=subprocess.PIPE, universal_newlines=True, timeout=60,
+            preexec_fn=lambda: (os.setgroups([]), os.setgid(65534), os.setuid(65534)))
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("permission denied", result.stdout)
+        self.assertIn("--group", result.stdout)
+
+    def test_client_by_name(self):
+        server = dvp.UnixPluginServer(os.path.join(self.sockets, "p.sock"), MemoryDriver()).start()
+        self.addCleanup(server.stop, 1.0)
+        with dvp.PluginClient("p", socket_dir=self.sockets, spec_dirs=(self.etc,)) as client:
+            self.assertEqual(client.activate(), ["VolumeDriver"])
+        with self.assertRaises(dvp.PluginCallError) as caught:
+            dvp.PluginClient("q", socket_dir=self.sockets, spec_dirs=(self.etc,))
+        self.assertIn("not found", str(caught.exception))
+
+
 # -- the command line ----------------------------------------------------------------
 
 
@@ -1435,6 +1761,14 @@ class EngineTests(unittest.TestCase):
         self.assertEqual(self.listed(name), ["mem"])
         self.docker("volume", "rm", "mem")
         self.assertEqual(self.listed(name), [])
+
+    def test_check_by_name_passes_on_the_engine_host(self):
+        name, root, _ = self.start_plugin()
+        result = subprocess.run([sys.executable, MODULE, "check", name], stdout=subprocess.PIPE,
+                                universal_newlines=True, timeout=120)
+        self.assertEqual(result.returncode, 0, result.stdout)
+        self.assertIn("PASS reachable: unix://%s/%s.sock" % (dvp.PLUGIN_SOCKET_DIR, name), result.stdout)
+        self.assertEqual([e for e in os.listdir(root) if not e.startswith(".")], [])
 
     def test_zz_engine_restart_keeps_volumes(self):
         engine_dir = os.environ.get("DVP_ENGINE_DIR")
