@@ -55,6 +55,7 @@ import signal
 import socket
 import socketserver
 import stat
+import struct
 import sys
 import threading
 import time
@@ -107,7 +108,10 @@ DRAIN_TIMEOUT = 8.0
 _RECV_BYTES = 65536
 _HEAD_END = re.compile(br"\r?\n\r?\n")
 _DIGITS = re.compile(r"[0-9]+\Z")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_HEX_DIGITS = re.compile(br"[0-9A-Fa-f]{1,16}\Z")
+# A header field: a token, a colon, a value without CR or LF (so no folding).
+_HEADER_FIELD = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*?)[ \t]*\r?\n")
+_HEADER_BLOCK = re.compile(r"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*\r?\n)*\Z")
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
     r"(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z")
@@ -202,8 +206,12 @@ def format_rfc3339(value: "Any") -> "Optional[str]":
     return text + "Z"
 
 
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_quote_json = json.encoder.encode_basestring_ascii  # the C version where there is one
+
+
 def _encode_json(payload: "Any") -> bytes:
-    return json.dumps(payload, separators=(",", ":")).encode("ascii")
+    return _JSON_ENCODER.encode(payload).encode("ascii")
 
 
 def _decode_json_object(body: bytes) -> "Dict[str, Any]":
@@ -356,7 +364,8 @@ class Plugin(object):
         plugin.implements.append("authz")
 
     A route handler takes the decoded request object and returns the reply
-    object; a :class:`PluginError` it raises becomes ``{"Err": message}``.
+    object (or the reply already encoded as JSON bytes); a
+    :class:`PluginError` it raises becomes ``{"Err": message}``.
     """
 
     def __init__(self, driver: "Any" = None) -> None:
@@ -394,8 +403,8 @@ class Plugin(object):
 
     # -- dispatch -----------------------------------------------------------
 
-    def handle(self, path: str, body: bytes) -> "Tuple[int, Dict[str, Any]]":
-        """Answer one call: return the HTTP status and the JSON reply object.
+    def handle(self, path: str, body: bytes) -> "Tuple[int, bytes]":
+        """Answer one call: return the HTTP status and the JSON reply body.
 
         Every failure, from a malformed body to a driver's exception, becomes
         ``{"Err": message}``. Each call is logged on one line.
@@ -403,20 +412,21 @@ class Plugin(object):
         route = self._routes.get(path)
         if route is None:
             log.warning("%r: unknown endpoint", path)
-            return 404, {"Err": "unknown endpoint %r; this plugin implements %s"
-                         % (path, ", ".join(self.implements) or "nothing")}
+            return 404, _encode_json({"Err": "unknown endpoint %r; this plugin implements %s"
+                                      % (path, ", ".join(self.implements) or "nothing")})
         handler, read_only = route
         started = _monotonic()
         request = {}  # type: Dict[str, Any]
         try:
             request = _decode_json_object(body)
             reply = handler(request)
+            encoded = reply if isinstance(reply, bytes) else _encode_json(reply)
         except Exception as exc:
             status = exc.status if isinstance(exc, PluginError) else 200
             self._log_call(path, request, started, exc, read_only)
-            return status, {"Err": _error_text(exc)}
+            return status, _encode_json({"Err": _error_text(exc)})
         self._log_call(path, request, started, None, read_only)
-        return 200, reply
+        return 200, encoded
 
     @staticmethod
     def _log_call(path: str, request: "Dict[str, Any]", started: float,
@@ -479,12 +489,27 @@ class Plugin(object):
             raise VolumeNotFound("no such volume: %r" % name)
         return {"Volume": _volume_reply(volume, name)}
 
-    def _volume_list(self, request: "Dict[str, Any]") -> "Dict[str, Any]":
+    def _volume_list(self, request: "Dict[str, Any]") -> "Any":
         # Docker keeps only Name and Mountpoint of list entries, yet a bad
         # CreatedAt would fail the whole decode (PROTOCOL 3.7): send just those.
+        listing = self.driver.list()
+        if not isinstance(listing, list):
+            listing = list(listing)
+        try:
+            # The common case, in C loops: every entry a mapping with string
+            # Name and Mountpoint. _quote_json raises TypeError on a non-string.
+            names = [volume["Name"] for volume in listing]
+            mountpoints = [volume.get("Mountpoint") or "" for volume in listing]
+            if "" in names:
+                raise ValueError("empty name")
+            entries = map(_LIST_ENTRY.__mod__, zip(map(_quote_json, names),
+                                                    map(_quote_json, mountpoints)))
+            return ('{"Volumes":[%s]}' % ",".join(entries)).encode("ascii")
+        except (KeyError, TypeError, AttributeError, ValueError):
+            pass  # something is off: sort it out entry by entry
         volumes = []
-        for volume in self.driver.list():
-            name = volume.get("Name")
+        for volume in listing:
+            name = volume.get("Name") if hasattr(volume, "get") else None
             if not isinstance(name, str) or not name:
                 log.error("driver listed a volume without a Name: %r", volume)
                 continue
@@ -492,6 +517,8 @@ class Plugin(object):
             mountpoint = volume.get("Mountpoint")
             if isinstance(mountpoint, str) and mountpoint:
                 entry["Mountpoint"] = mountpoint
+            elif mountpoint is not None:
+                log.error("volume %r: dropping Mountpoint %r, not a string", name, mountpoint)
             volumes.append(entry)
         return {"Volumes": volumes}
 
@@ -517,6 +544,9 @@ class Plugin(object):
             raise PluginError("driver capabilities give Scope %r; Docker accepts 'local' or "
                               "'global'" % (scope,))
         return {"Capabilities": capabilities}
+
+
+_LIST_ENTRY = '{"Name":%s,"Mountpoint":%s}'
 
 
 def _volume_reply(volume: "Any", name: str) -> "Dict[str, Any]":
@@ -561,14 +591,14 @@ def _volume_reply(volume: "Any", name: str) -> "Dict[str, Any]":
 class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
     """HTTP/1.1 keep-alive handler for the engine's JSON POSTs.
 
-    It reads requests straight from the socket, so it can enforce one
-    deadline per request (a client that dribbles is cut off) and answer with
-    one ``send`` per reply. It accepts requests exactly as the engine sends
-    them (no Content-Type, an empty Host, a body ending in a newline, an
-    empty body) and a chunked body, and answers every malformed one with a
-    JSON ``{"Err": ...}`` and a fitting status. After each request,
-    ``command``, ``path``, ``request_version`` and ``headers`` (a dict with
-    lower-case names) describe it.
+    It reads requests straight from the socket, so that a request costs one
+    ``recv`` and one ``send``, and so that it can enforce one deadline per
+    request (a client that dribbles is cut off). It accepts requests exactly
+    as the engine sends them (no Content-Type, an empty Host, a body ending
+    in a newline, an empty body) and a chunked body, and answers every
+    malformed one with a JSON ``{"Err": ...}`` and a fitting status. After
+    each request, ``command``, ``path``, ``request_version`` and ``headers``
+    (a dict with lower-case names) describe it.
     """
 
     protocol_version = "HTTP/1.1"
@@ -578,6 +608,10 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         self.connection = self.request
         self._buffer = b""
         self._deadline = 0.0
+        self._receive_timeout = 0.0
+        #: True from a request's first byte until its reply is sent.
+        self.busy = False
+        self.command, self.path, self.request_version = "", "", "HTTP/1.1"
         self.headers = {}  # type: Dict[str, str]
 
     def finish(self) -> None:
@@ -592,41 +626,42 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
 
     def handle(self) -> None:
         server = self.server
-        server._connection_opened(self.connection)
+        conn = self.connection
+        # A blocking socket with kernel timeouts: with Python's own timeouts
+        # every recv and send would cost an extra poll() system call.
+        conn.settimeout(None)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(server.request_timeout))
+        with server._lock:
+            server._handlers.add(self)
         try:
             self.close_connection = False
             while not self.close_connection:
                 try:
                     head = self._read_head()
+                    self._handle_request(head)
                 except _ConnectionDone:
                     return
                 except _HTTPError as exc:
                     self._reply_error(exc)
                     return
-                with server._busy():
-                    self._handle_request(head)
+                finally:
+                    self.busy = False
                 if server._stopping:
                     return
         except OSError as exc:  # the client went away mid-reply
             log.debug("connection error: %s", exc)
         finally:
-            server._connection_closed(self.connection)
+            with server._lock:
+                server._handlers.discard(self)
 
     def _handle_request(self, head: bytes) -> None:
-        try:
-            self._parse_head(head)
-            body = self._read_body()
-        except _HTTPError as exc:
-            self._reply_error(exc)
-            return
-        except _ConnectionDone:
-            self.close_connection = True
-            return
+        self._parse_head(head)
+        body = self._read_body()
         plugin = self.server.plugin
         if self.command != "POST" and self.path in plugin._routes:
             log.warning("%s %r: only POST is allowed", self.command, self.path)
-            self._reply(405, {"Err": "method %s not allowed; plugin endpoints take POST"
-                              % self.command}, b"Allow: POST\r\n")
+            self._reply(405, _encode_json({"Err": "method %s not allowed; plugin endpoints take "
+                                                  "POST" % self.command}), b"Allow: POST\r\n")
             return
         status, reply = plugin.handle(self.path, body)
         self._reply(status, reply)
@@ -636,24 +671,36 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
     def _recv(self, timeout: float) -> None:
         """Append what the client sends next; raise when it closes or stalls."""
         if timeout <= 0:
-            raise _HTTPError(408, "request not received within %gs" % self.server.request_timeout)
-        self.connection.settimeout(timeout)
+            raise socket.timeout()
+        if timeout != self._receive_timeout:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
+            self._receive_timeout = timeout
         try:
             data = self.connection.recv(_RECV_BYTES)
-        except socket.timeout:
-            raise _HTTPError(408, "request not received within %gs" % self.server.request_timeout)
+        except (BlockingIOError, socket.timeout):  # SO_RCVTIMEO ran out
+            raise socket.timeout()
         if not data:
             raise _ConnectionDone()
         self._buffer += data
 
+    def _recv_in_request(self) -> None:
+        try:
+            self._recv(self._deadline - _monotonic())
+        except socket.timeout:
+            raise _HTTPError(408, "request not received within %gs" % self.server.request_timeout)
+        except _ConnectionDone:
+            raise _HTTPError(400, "connection closed before the request was complete")
+
     def _read_head(self) -> bytes:
         """Wait for a whole request line and header block and return it."""
         server = self.server
+        self.command, self.path = "", ""
         if not self._buffer:
             try:
                 self._recv(server.idle_timeout)
-            except _HTTPError:  # idle keep-alive connection: just close it
+            except socket.timeout:  # an idle keep-alive connection: just close it
                 raise _ConnectionDone()
+        self.busy = True  # stop() waits for this request now
         self._deadline = _monotonic() + server.request_timeout
         while True:
             match = _HEAD_END.search(self._buffer)
@@ -663,40 +710,42 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
                     return head
                 continue  # stray blank lines between requests (RFC 9112 2.2)
             if len(self._buffer) > MAX_HEAD_BYTES:
-                self.command, self.path = "", ""
                 raise _HTTPError(431, "request header block is over %d bytes" % MAX_HEAD_BYTES)
             try:
-                self._recv(self._deadline - _monotonic())
-            except _HTTPError:
-                self.command, self.path = "", ""
+                self._recv_in_request()
+            except _HTTPError as exc:
+                if exc.status == 400:  # closed before a whole header block: nothing to answer
+                    raise _ConnectionDone()
                 raise
 
     def _parse_head(self, head: bytes) -> None:
-        self.command, self.path, self.request_version, self.headers = "", "", "HTTP/1.1", {}
-        lines = head.lstrip(b"\r\n").decode("latin-1").split("\n")
-        words = lines[0].rstrip("\r").split(" ")
+        self.headers = {}
+        text = head.decode("latin-1").lstrip("\r\n")
+        request_line, _, fields = text.partition("\n")
+        words = request_line.rstrip("\r").split(" ")
         if len(words) != 3 or not words[0] or not words[1]:
-            raise _HTTPError(400, "malformed request line %r" % lines[0][:200])
+            raise _HTTPError(400, "malformed request line %r" % request_line[:200])
         self.command, self.path, self.request_version = words
         if self.request_version not in ("HTTP/1.1", "HTTP/1.0"):
             raise _HTTPError(505, "HTTP version %r not supported" % self.request_version[:20])
-        if len(lines) > MAX_HEADER_COUNT + 1:
-            raise _HTTPError(431, "more than %d header lines" % MAX_HEADER_COUNT)
-        headers = self.headers
-        for line in lines[1:]:
-            line = line.rstrip("\r")
-            name, colon, value = line.partition(":")
-            if not colon or not _HEADER_NAME.match(name):
-                # also catches obsolete line folding (a line starting with
-                # white space), which RFC 9112 5.2 lets a server reject
-                raise _HTTPError(400, "malformed header line %r" % line[:200])
-            name, value = name.lower(), value.strip(" \t")
-            if name in headers:
-                if name in ("content-length", "transfer-encoding", "host"):
-                    raise _HTTPError(400, "duplicate %s header" % name)
-                value = headers[name] + ", " + value
-            headers[name] = value
-        connection = headers.get("connection", "").lower()
+        if fields:
+            fields += "\n"
+            # One pass in C validates the block; a line-by-line look only to
+            # name what is wrong.
+            if not _HEADER_BLOCK.match(fields):
+                _raise_header_error(fields)
+            pairs = _HEADER_FIELD.findall(fields)
+            if len(pairs) > MAX_HEADER_COUNT:
+                raise _HTTPError(431, "more than %d header lines" % MAX_HEADER_COUNT)
+            headers = self.headers
+            for name, value in pairs:
+                name = name.lower()
+                if name in headers:
+                    if name in ("content-length", "transfer-encoding", "host"):
+                        raise _HTTPError(400, "duplicate %s header" % name)
+                    value = headers[name] + ", " + value
+                headers[name] = value
+        connection = self.headers.get("connection", "").lower()
         if self.request_version == "HTTP/1.0":
             self.close_connection = "keep-alive" not in connection
         else:
@@ -728,12 +777,6 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         data, self._buffer = self._buffer[:size], self._buffer[size:]
         return data
 
-    def _recv_in_request(self) -> None:
-        try:
-            self._recv(self._deadline - _monotonic())
-        except _ConnectionDone:
-            raise _HTTPError(400, "connection closed before the request was complete")
-
     def _take_line(self) -> bytes:
         while True:
             end = self._buffer.find(b"\n")
@@ -749,12 +792,9 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         limit = self.server.max_body_bytes
         while True:
             size_text = self._take_line().split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
+            if not _HEX_DIGITS.match(size_text):
                 raise _HTTPError(400, "bad chunk size %r" % size_text[:20])
-            if size < 0 or size_text.startswith((b"-", b"+", b"0x", b"0X")):
-                raise _HTTPError(400, "bad chunk size %r" % size_text[:20])
+            size = int(size_text, 16)
             if size == 0:
                 while self._take_line():  # trailer fields, ignored
                     pass
@@ -770,20 +810,47 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
     def _reply_error(self, exc: _HTTPError) -> None:
         log.warning("bad request%s: %s", " to %r" % self.path if self.path else "", exc)
         self.close_connection = True  # where the next request starts is unknown
-        self._reply(exc.status, {"Err": str(exc)})
+        self._reply(exc.status, _encode_json({"Err": str(exc)}))
 
-    def _reply(self, status: int, payload: "Dict[str, Any]", extra: bytes = b"") -> None:
-        body = _encode_json(payload)
+    def _reply(self, status: int, body: bytes, extra: bytes = b"") -> None:
         if self.server._stopping:
             self.close_connection = True
         if self.close_connection:
             extra += b"Connection: close\r\n"
         elif self.request_version == "HTTP/1.0":
             extra += b"Connection: keep-alive\r\n"
-        reason = self.responses.get(status, ("",))[0]
-        head = ("HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-                % (status, reason, PLUGIN_MEDIA_TYPE, len(body))).encode("latin-1")
-        self.connection.sendall(head + extra + b"\r\n" + body)
+        start = _STATUS_LINES.get(status)
+        if start is None:
+            start = _STATUS_LINES[status] = _status_line(status)
+        head = b"%s%d\r\n%s\r\n" % (start, len(body), extra)
+        if len(body) < _RECV_BYTES:  # one send per reply: head and body together
+            self.connection.sendall(head + body)
+        else:  # a large List: two sends beat copying it
+            self.connection.sendall(head)
+            self.connection.sendall(body)
+
+
+def _timeval(seconds: float) -> bytes:
+    """A struct timeval for SO_RCVTIMEO/SO_SNDTIMEO."""
+    whole = int(seconds)
+    return struct.pack("@ll", whole, int((seconds - whole) * 1e6))
+
+
+def _status_line(status: int) -> bytes:
+    reason = http.server.BaseHTTPRequestHandler.responses.get(status, ("",))[0]
+    return ("HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: "
+            % (status, reason, PLUGIN_MEDIA_TYPE)).encode("latin-1")
+
+
+_STATUS_LINES = {200: _status_line(200)}  # type: Dict[int, bytes]
+
+
+def _raise_header_error(fields: str) -> None:
+    """Name the first malformed header line (obsolete folding included)."""
+    for line in fields.split("\n")[:-1]:
+        if not _HEADER_FIELD.match(line + "\n"):
+            raise _HTTPError(400, "malformed header line %r" % line.rstrip("\r")[:200])
+    raise _HTTPError(400, "malformed header block")
 
 
 class _PluginServerMixin(object):
@@ -804,9 +871,8 @@ class _PluginServerMixin(object):
         self.max_body_bytes = max_body_bytes
         self._stopping = False
         self._thread = None  # type: Optional[threading.Thread]
-        self._lock = threading.Condition()
-        self._in_flight = 0
-        self._connections = set()  # type: set
+        self._lock = threading.Lock()
+        self._handlers = set()  # type: set
 
     def process_request(self, request: socket.socket, client_address: "Any") -> None:
         # One thread per connection: a two-minute Mount never holds up
@@ -826,17 +892,6 @@ class _PluginServerMixin(object):
 
     def handle_error(self, request: "Any", client_address: "Any") -> None:
         log.exception("error while serving a connection")
-
-    def _connection_opened(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._connections.add(conn)
-
-    def _connection_closed(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._connections.discard(conn)
-
-    def _busy(self) -> "_InFlight":
-        return _InFlight(self)
 
     @property
     def address(self) -> str:
@@ -862,15 +917,18 @@ class _PluginServerMixin(object):
             self._thread.join()
         self.server_close()
         deadline = _monotonic() + drain_timeout
-        with self._lock:
-            while self._in_flight and _monotonic() < deadline:
-                self._lock.wait(max(0.0, deadline - _monotonic()))
-            drained = not self._in_flight
-            for conn in list(self._connections):
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)  # wakes threads waiting idle
-                except OSError:
-                    pass
+        while True:
+            with self._lock:
+                handlers = list(self._handlers)
+            drained = not any(handler.busy for handler in handlers)
+            if drained or _monotonic() >= deadline:
+                break
+            time.sleep(0.01)  # polled: requests need no lock to count themselves
+        for handler in handlers:
+            try:
+                handler.connection.shutdown(socket.SHUT_RDWR)  # wakes threads waiting idle
+            except OSError:
+                pass
         if not drained:
             log.warning("stopped with calls still in flight after %gs", drain_timeout)
         return drained
@@ -880,22 +938,6 @@ class _PluginServerMixin(object):
 
     def __exit__(self, *exc_info: "Any") -> None:
         self.stop()
-
-
-class _InFlight(object):
-    """Counts a request being served, so that stop() can wait for it."""
-
-    def __init__(self, server: _PluginServerMixin) -> None:
-        self.server = server
-
-    def __enter__(self) -> None:
-        with self.server._lock:
-            self.server._in_flight += 1
-
-    def __exit__(self, *exc_info: "Any") -> None:
-        with self.server._lock:
-            self.server._in_flight -= 1
-            self.server._lock.notify_all()
 
 
 def _default_socket_path(name: str) -> str:

@@ -173,7 +173,8 @@ class PluginTests(QuietLogs, unittest.TestCase):
 
     def call(self, path, payload=None, raw=None):
         body = raw if raw is not None else (b"" if payload is None else json.dumps(payload).encode() + b"\n")
-        return self.plugin.handle(path, body)
+        status, reply = self.plugin.handle(path, body)
+        return status, json.loads(reply.decode("ascii"))
 
     def test_activate_with_an_empty_body(self):
         self.assertEqual(self.call("/Plugin.Activate"), (200, {"Implements": ["VolumeDriver"]}))
@@ -259,6 +260,24 @@ class PluginTests(QuietLogs, unittest.TestCase):
             status, reply = self.call("/VolumeDriver.List", {})
         self.assertEqual(reply, {"Volumes": [{"Name": "a", "Mountpoint": "/a"}, {"Name": "b"}]})
 
+    def test_list_fast_path_is_exact(self):
+        self.driver.volumes["a"] = {"Name": "a", "Mountpoint": "/a<&>\u00e9", "Status": {"x": 1}}
+        self.driver.volumes["b"] = {"Name": "b", "CreatedAt": object()}
+        status, raw = self.plugin.handle("/VolumeDriver.List", b"{}\n")
+        self.assertEqual(raw, b'{"Volumes":[{"Name":"a","Mountpoint":"/a<&>\\u00e9"},'
+                              b'{"Name":"b","Mountpoint":""}]}')
+        for odd in ("not a mapping", {"Name": 7}, {"Name": ""}, {"Name": "x", "Mountpoint": 3}):
+            self.driver.volumes["odd"] = odd
+            with self.assertLogs("docker_volume_plugin", logging.ERROR):
+                status, reply = self.call("/VolumeDriver.List", {})
+            self.assertEqual(status, 200)
+            self.assertEqual([v["Name"] for v in reply["Volumes"]], ["a", "b"] + (["x"] if odd.__class__ is dict and odd.get("Name") == "x" else []))
+
+    def test_reply_that_is_not_json_becomes_an_err(self):
+        self.plugin.add_route("/Custom.Call", lambda request: {"when": object()})
+        status, reply = self.call("/Custom.Call", {})
+        self.assertIn("not JSON serializable", reply["Err"])
+
     def test_driver_error_reaches_docker_and_server_keeps_going(self):
         def create(name, options):
             raise dvp.PluginError("quota of 3 volumes reached")
@@ -334,6 +353,9 @@ class _FakeSocket(object):
         self.data, self.step, self.sent = data, step, b""
 
     def settimeout(self, timeout):
+        pass
+
+    def setsockopt(self, *args):
         pass
 
     def recv(self, size):
@@ -592,10 +614,10 @@ class UnixServerTests(QuietLogs, unittest.TestCase):
 
     def _wait_connections_gone(self):
         for _ in range(50):
-            if not self.server._connections:
+            if not self.server._handlers:
                 break
             time.sleep(0.05)
-        return len(self.server._connections)
+        return len(self.server._handlers)
 
     def test_stop_lets_calls_in_flight_finish_and_removes_socket(self):
         self.driver.create("v", {})
@@ -1004,9 +1026,9 @@ class DirectoryDriverTests(QuietLogs, unittest.TestCase):
     def test_served_driver_passes_through_the_protocol(self):
         plugin = dvp.Plugin(self.driver)
         status, reply = plugin.handle("/VolumeDriver.Create", b'{"Name":"../../etc","Opts":null}\n')
-        self.assertIn("invalid volume name", reply["Err"])
+        self.assertIn("invalid volume name", json.loads(reply.decode())["Err"])
         status, reply = plugin.handle("/VolumeDriver.Get", b'{"Name":"nope"}\n')
-        self.assertIn("no such volume", reply["Err"])
+        self.assertIn("no such volume", json.loads(reply.decode())["Err"])
 
 
 KILL_BURST = '''
