@@ -270,7 +270,9 @@ def _write_file_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         try:
-            os.write(fd, data)  # small files: one write; partial writes raise below
+            view = memoryview(data)
+            while view:  # a large write may be partial
+                view = view[os.write(fd, view):]
             os.fchmod(fd, mode)
             os.fsync(fd)
         finally:
@@ -299,12 +301,7 @@ def write_spec_file(name: str, address: str, directory: str = PLUGIN_SPEC_DIR) -
     The engine reads the URL from it (PROTOCOL 1.2); the file is replaced
     atomically. Returns its path.
     """
-    if "://" not in address:  # the engine fails such a spec with "Unknown protocol"
-        raise ValueError("plugin address %r has no scheme such as tcp://" % address)
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, name + ".spec")
-    _write_file_atomically(path, (address + "\n").encode("utf-8"))
-    return path
+    return _write_spec(directory, name + ".spec", address, (address + "\n").encode("utf-8"))
 
 
 def write_json_spec_file(name: str, address: str, directory: str = PLUGIN_SPEC_DIR,
@@ -316,14 +313,19 @@ def write_json_spec_file(name: str, address: str, directory: str = PLUGIN_SPEC_D
     ``CAFile`` the engine does not verify the plugin's certificate
     (PROTOCOL 1.2). Returns the file's path.
     """
-    if "://" not in address:
-        raise ValueError("plugin address %r has no scheme such as https://" % address)
     spec = {"Name": name, "Addr": address}  # type: Dict[str, Any]
     if tls_config is not None:
         spec["TLSConfig"] = dict(tls_config)
+    return _write_spec(directory, name + ".json", address,
+                       json.dumps(spec, indent=2).encode("utf-8") + b"\n")
+
+
+def _write_spec(directory: str, filename: str, address: str, data: bytes) -> str:
+    if "://" not in address:  # the engine fails such a spec with "Unknown protocol"
+        raise ValueError("plugin address %r has no scheme such as tcp://" % address)
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, name + ".json")
-    _write_file_atomically(path, json.dumps(spec, indent=2).encode("utf-8") + b"\n")
+    path = os.path.join(directory, filename)
+    _write_file_atomically(path, data)
     return path
 
 ###############################################################################
@@ -856,8 +858,6 @@ def _raise_header_error(fields: str) -> None:
 class _PluginServerMixin(object):
     """Threads, limits and a clean stop, shared by the Unix and TCP servers."""
 
-    daemon_threads = True
-    block_on_close = False  # we drain calls in flight ourselves, with a bound
     # socketserver's backlog of 5 overflows when the engine restores volumes
     # with concurrent Gets (PROTOCOL 1.6); a full Unix backlog makes the
     # engine's non-blocking connect fail at once with EAGAIN, not wait.

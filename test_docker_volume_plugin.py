@@ -151,6 +151,16 @@ class HelperTests(unittest.TestCase):
         with self.assertRaises(ValueError):
             dvp.write_spec_file("p1", "127.0.0.1:9000", directory)  # no scheme
 
+    def test_atomic_write_keeps_content_and_mode(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "big")
+        data = os.urandom(3 * 1024 * 1024) + b"end"
+        dvp._write_file_atomically(path, data, 0o600)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), data)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+
     def test_json_spec_file_carries_addr_and_tls(self):
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)

@@ -108,7 +108,8 @@ class Server(object):
         env = dict(os.environ, BENCH_VOLUMES=str(volumes), PYTHONPATH=INSTALLED)
         args = server_command(kind, path, volumes)
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL)
+        # cwd: never the checkout, whose uncompiled copy would shadow the installed one
+        self.proc = subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL, cwd=INSTALLED)
         self.ready_after = wait_for_activate(path, self.proc)
 
     def cpu_seconds(self):
@@ -230,7 +231,8 @@ def startup_benchmarks(repeat, workdir):
     for index in range(repeat):
         for kind in ("baseline", "ours", "script"):
             path = os.path.join(workdir, "start.sock")
-            proc = subprocess.Popen(server_command(kind, path, 0), env=env, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(server_command(kind, path, 0), env=env, stderr=subprocess.DEVNULL,
+                                    cwd=INSTALLED)
             try:
                 times.setdefault(kind, []).append(wait_for_activate(path, proc) * 1000)
             finally:
@@ -239,7 +241,7 @@ def startup_benchmarks(repeat, workdir):
         for kind, code in (("reference", "import http.server, json"),
                            ("import", "import docker_volume_plugin"), ("bare", "pass")):
             started = time.perf_counter()
-            subprocess.run([PYTHON, "-c", code], env=env, check=True)
+            subprocess.run([PYTHON, "-c", code], env=env, check=True, cwd=INSTALLED)
             times.setdefault(kind, []).append((time.perf_counter() - started) * 1000)
     median = {kind: statistics.median(values) for kind, values in times.items()}
     reference = median["reference"]
