@@ -1811,8 +1811,21 @@ class EngineTests(unittest.TestCase):
         name, root, _ = self.start_plugin()
         self.docker("volume", "create", "-d", name, "-o", "gid=42", "--label", "keep=yes", "survivor")
         self.run_container(name, "--rm", "-v", "survivor:/data", IMAGE, "sh", "-c", "echo x > /data/f")
+        # At start the engine restores every volume with concurrent Gets.
+        crowd = ["crowd%02d" % i for i in range(30)]
+        for volume in crowd:
+            self.docker("volume", "create", "-d", name, "--label", "crowd=yes", volume)
+        engine_log = os.path.join(engine_dir, "dockerd.log")
+        log_start = os.path.getsize(engine_log)
         subprocess.run(["bash", os.path.join(HERE, ".ci", "engine"), "restart"], check=True,
                        env=dict(os.environ, DVP_ENGINE_DIR=engine_dir), timeout=120)
+        labelled = self.docker("volume", "ls", "-q", "--filter", "driver=" + name,
+                               "--filter", "label=crowd=yes").stdout.split()
+        self.assertEqual(sorted(labelled), crowd)  # none forgotten, labels kept
+        with open(engine_log, errors="replace") as f:
+            f.seek(log_start)
+            refused = [line for line in f if name in line and "Unable to connect" in line]
+        self.assertEqual(refused, [])  # every concurrent connect got in: no retries
         info = self.inspect("survivor")
         self.assertEqual(info["Driver"], name)
         self.assertEqual(info["Labels"], {"keep": "yes"})  # Docker kept its metadata

@@ -318,7 +318,7 @@ def main():
         server_benchmarks(args.rounds, args.seconds, workdir)
         startup_benchmarks(max(10, args.rounds * 4), workdir)
         if not args.no_engine:
-            engine_benchmarks(max(3, args.rounds))
+            engine_benchmarks(max(15, args.rounds * 3))
     finally:
         shutil.rmtree(workdir, True)
         shutil.rmtree(INSTALLED, True)
