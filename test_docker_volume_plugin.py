@@ -73,6 +73,13 @@ class MemoryDriver(object):
         return list(self.volumes.values())
 
 
+def temp_dir(test, prefix="dvp"):
+    """A temporary directory that the test's cleanup removes."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    test.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
 def _parse_responses(raw):
     """Split raw HTTP bytes into [(status, headers, body object)]."""
     replies = []
@@ -141,8 +148,7 @@ class HelperTests(unittest.TestCase):
         self.assertEqual(dvp.format_rfc3339(1.5), "1970-01-01T00:00:01.500000Z")
 
     def test_spec_file_written_atomically(self):
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory)
+        directory = temp_dir(self)
         path = dvp.write_spec_file("p1", "tcp://127.0.0.1:9000", os.path.join(directory, "sub"))
         with open(path) as spec:
             self.assertEqual(spec.read(), "tcp://127.0.0.1:9000\n")
@@ -152,8 +158,7 @@ class HelperTests(unittest.TestCase):
             dvp.write_spec_file("p1", "127.0.0.1:9000", directory)  # no scheme
 
     def test_atomic_write_keeps_content_and_mode(self):
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory)
+        directory = temp_dir(self)
         path = os.path.join(directory, "big")
         data = os.urandom(3 * 1024 * 1024) + b"end"
         dvp._write_file_atomically(path, data, 0o600)
@@ -162,8 +167,7 @@ class HelperTests(unittest.TestCase):
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
 
     def test_json_spec_file_carries_addr_and_tls(self):
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory)
+        directory = temp_dir(self)
         tls = {"CAFile": "/ca.pem", "CertFile": "/c.pem", "KeyFile": "/k.pem"}
         path = dvp.write_json_spec_file("p2", "https://10.0.0.1:9443", directory, tls_config=tls)
         self.assertEqual(os.path.basename(path), "p2.json")
@@ -468,8 +472,7 @@ class HandlerTests(QuietLogs, unittest.TestCase):
 class UnixServerTests(QuietLogs, unittest.TestCase):
     def setUp(self):
         super(UnixServerTests, self).setUp()
-        self.dir = tempfile.mkdtemp(prefix="dvp")
-        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.dir = temp_dir(self)
         self.path = os.path.join(self.dir, "p.sock")
         self.driver = MemoryDriver()
         self.server = self.start_server()
@@ -686,8 +689,7 @@ class UnixServerTests(QuietLogs, unittest.TestCase):
 
 class TCPServerTests(QuietLogs, unittest.TestCase):
     def test_tcp_server_writes_and_removes_its_spec(self):
-        spec_dir = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, spec_dir)
+        spec_dir = temp_dir(self)
         server = dvp.TCPPluginServer(("127.0.0.1", 0), MemoryDriver(), name="tcpp", spec_dir=spec_dir)
         server.start()
         try:
@@ -754,8 +756,7 @@ def _wait_for_socket(path, proc, seconds=10):
 
 class SignalTests(unittest.TestCase):
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="dvp")
-        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.dir = temp_dir(self)
         with open(os.path.join(self.dir, "slowdriver.py"), "w") as f:
             f.write(SLOW_DRIVER)
         self.sock = os.path.join(self.dir, "p.sock")
@@ -828,8 +829,7 @@ class SignalTests(unittest.TestCase):
 class DirectoryDriverTests(QuietLogs, unittest.TestCase):
     def setUp(self):
         super(DirectoryDriverTests, self).setUp()
-        self.base = tempfile.mkdtemp(prefix="dvp")
-        self.addCleanup(shutil.rmtree, self.base, True)
+        self.base = temp_dir(self)
         self.root = os.path.join(self.base, "root")
         self.driver = self.open()
 
@@ -1070,8 +1070,7 @@ while True:
 
 class KillTests(unittest.TestCase):
     def test_sigkill_in_a_burst_loses_nothing_answered(self):
-        base = tempfile.mkdtemp(prefix="dvp")
-        self.addCleanup(shutil.rmtree, base, True)
+        base = temp_dir(self)
         root, sock = os.path.join(base, "root"), os.path.join(base, "p.sock")
         burst = os.path.join(base, "burst.py")
         with open(burst, "w") as f:
@@ -1159,8 +1158,7 @@ class _OneAtATime(dvp._PluginServerMixin, socketserver.UnixStreamServer):
 class CheckerTests(QuietLogs, unittest.TestCase):
     def setUp(self):
         super(CheckerTests, self).setUp()
-        self.dir = tempfile.mkdtemp(prefix="dvp")
-        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.dir = temp_dir(self)
         self.sock = os.path.join(self.dir, "p.sock")
         self.driver = CheckableDriver(os.path.join(self.dir, "mnt"))
 
@@ -1309,8 +1307,7 @@ class LookupTests(unittest.TestCase):
     """find_plugin and check's diagnostics, with real files and sockets."""
 
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="dvp")
-        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.dir = temp_dir(self)
         self.sockets = os.path.join(self.dir, "run")
         self.etc, self.lib = os.path.join(self.dir, "etc"), os.path.join(self.dir, "lib")
         for directory in (self.sockets, self.etc, self.lib):
@@ -1469,8 +1466,7 @@ class CommandLineTests(unittest.TestCase):
         self.assertEqual(dvp.main(["serve", "--tcp", "x"]), 2)
 
     def test_module_and_script_forms_start(self):
-        base = tempfile.mkdtemp(prefix="dvp")
-        self.addCleanup(shutil.rmtree, base, True)
+        base = temp_dir(self)
         for index, command in enumerate(([sys.executable, "-m", "docker_volume_plugin"],
                                          [sys.executable, MODULE])):
             sock = os.path.join(base, "s%d.sock" % index)
@@ -1485,8 +1481,7 @@ class CommandLineTests(unittest.TestCase):
             self.assertEqual(proc.wait(10), 0)
 
     def test_driver_from_module_name_with_factory(self):
-        base = tempfile.mkdtemp(prefix="dvp")
-        self.addCleanup(shutil.rmtree, base, True)
+        base = temp_dir(self)
         with open(os.path.join(base, "mymod.py"), "w") as f:
             f.write(SLOW_DRIVER + "\ndef make():\n    return Slow()\n")
         sock = os.path.join(base, "p.sock")
@@ -1522,8 +1517,7 @@ class ReadmeTests(QuietLogs, unittest.TestCase):
     def test_readme_example_serves_a_working_driver(self):
         namespace = {"__name__": "readme_example"}
         exec(compile(readme_example(), "README.rst", "exec"), namespace)
-        directory = tempfile.mkdtemp(prefix="dvp")
-        self.addCleanup(shutil.rmtree, directory, True)
+        directory = temp_dir(self)
         path = os.path.join(directory, "m.sock")
         with dvp.UnixPluginServer(path, namespace["MemoryDriver"]()):
             with dvp.PluginClient(path) as client:
@@ -1605,8 +1599,7 @@ class EngineTests(unittest.TestCase):
             raise unittest.SkipTest(problem)
 
     def setUp(self):
-        self.base = tempfile.mkdtemp(prefix="dvp-engine-")
-        self.addCleanup(shutil.rmtree, self.base, True)
+        self.base = temp_dir(self, prefix="dvp-engine-")
 
     def docker(self, *args, **kwargs):
         check = kwargs.pop("check", True)
