@@ -1212,6 +1212,12 @@ class CheckerTests(QuietLogs, unittest.TestCase):
         self.driver.get = lambda name: {"Name": name}
         self.assert_fails("get-unknown", "Create and its options never reach", self.check())
 
+    def test_create_refused(self):
+        def create(name, options):
+            raise dvp.PluginError("read-only backend")
+        self.driver.create = create
+        self.assert_fails("create", "read-only backend: `docker volume create` fails", self.check())
+
     def test_get_after_create_says_missing(self):
         self.driver.get = lambda name: None
         self.assert_fails("get", "treats the volume as missing", self.check())
