@@ -710,12 +710,14 @@ class TCPServerTests(QuietLogs, unittest.TestCase):
 # -- signals, in a subprocess --------------------------------------------------------
 
 SLOW_DRIVER = '''
-import time, docker_volume_plugin as dvp
+import os, time, docker_volume_plugin as dvp
 
 class Slow(object):
     def create(self, name, options): pass
     def remove(self, name): pass
     def mount(self, name, mount_id):
+        if os.environ.get("DVP_MOUNT_STARTED"):  # tell the test the call is in flight
+            open(os.environ["DVP_MOUNT_STARTED"], "w").close()
         time.sleep(1.0)
         return "/srv/" + name
     def unmount(self, name, mount_id): pass
@@ -760,9 +762,10 @@ class SignalTests(unittest.TestCase):
         with open(os.path.join(self.dir, "slowdriver.py"), "w") as f:
             f.write(SLOW_DRIVER)
         self.sock = os.path.join(self.dir, "p.sock")
+        self.mount_started = os.path.join(self.dir, "mount-started")
 
     def start(self, prefix=(), extra=()):
-        env = dict(os.environ, PYTHONPATH=HERE)
+        env = dict(os.environ, PYTHONPATH=HERE, DVP_MOUNT_STARTED=self.mount_started)
         return _spawn(self, list(prefix) + [sys.executable, MODULE, "serve", "--socket", self.sock,
                                             "--driver", os.path.join(self.dir, "slowdriver.py:Slow")] +
                       list(extra), stderr=subprocess.PIPE, universal_newlines=True, env=env)
@@ -774,7 +777,11 @@ class SignalTests(unittest.TestCase):
         self.addCleanup(client.close)
         caller = threading.Thread(target=lambda: result.append(client.mount("v", MOUNT_ID)))
         caller.start()
-        time.sleep(0.3)  # the mount is in flight
+        for _ in range(500):  # until the mount is in flight
+            if os.path.exists(self.mount_started):
+                break
+            time.sleep(0.01)
+        self.assertTrue(os.path.exists(self.mount_started))
         os.kill(pid, sig)
         caller.join(10)
         self.assertEqual(result, ["/srv/v"])
