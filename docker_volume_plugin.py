@@ -604,7 +604,6 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
     """
 
     protocol_version = "HTTP/1.1"
-    server_version = "docker-volume-plugin/" + __version__
 
     def setup(self) -> None:
         self.connection = self.request
@@ -940,6 +939,15 @@ class _PluginServerMixin(object):
         self.stop()
 
 
+def _socket_path_too_long(path: str) -> "Optional[str]":
+    """Say so when ``path`` does not fit sockaddr_un (the engine checks too)."""
+    size = len(os.fsencode(path))
+    if size <= MAX_SOCKET_PATH_BYTES:
+        return None
+    return ("socket path %s is %d bytes, over the %d-byte limit of Unix sockets: the engine "
+            "refuses it" % (path, size, MAX_SOCKET_PATH_BYTES))
+
+
 def _default_socket_path(name: str) -> str:
     return os.path.join(PLUGIN_SOCKET_DIR, name + ".sock")
 
@@ -970,10 +978,9 @@ class UnixPluginServer(_PluginServerMixin, socketserver.UnixStreamServer):
 
     def server_bind(self) -> None:
         path = self.server_address
-        if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
-            raise OSError(errno.ENAMETOOLONG, "socket path %r is %d bytes; Unix sockets allow %d "
-                          "(the engine refuses longer paths too)"
-                          % (path, len(os.fsencode(path)), MAX_SOCKET_PATH_BYTES))
+        too_long = _socket_path_too_long(path)
+        if too_long:
+            raise OSError(errno.ENAMETOOLONG, too_long)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         _remove_stale_socket(path)
         gid = _group_id(self.group) if self.group is not None else -1
@@ -1124,9 +1131,9 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.unix_path = path
 
     def connect(self) -> None:
-        if len(os.fsencode(self.unix_path)) > MAX_SOCKET_PATH_BYTES:
-            raise OSError(errno.ENAMETOOLONG, "socket path %s is over the %d-byte limit"
-                          % (self.unix_path, MAX_SOCKET_PATH_BYTES))
+        too_long = _socket_path_too_long(self.unix_path)
+        if too_long:
+            raise OSError(errno.ENAMETOOLONG, too_long)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -1142,7 +1149,6 @@ class _Lookup(object):
 
     def __init__(self) -> None:
         self.address = None  # type: Optional[str]
-        self.source = None  # type: Optional[str]
         self.tls = None  # type: Optional[Dict[str, Any]]
         self.problems = []  # type: List[str]
         self.notes = []  # type: List[str]
@@ -1172,10 +1178,8 @@ def find_plugin(name: str, socket_dir: str = PLUGIN_SOCKET_DIR,
             continue
         if not is_socket:
             lookup.notes.append("%s is not a socket, so the engine ignores it" % path)
-        elif len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
-            found.append((path, None, None, "socket path %s is %d bytes, over the %d-byte limit: "
-                          "the engine refuses it" % (path, len(os.fsencode(path)),
-                                                     MAX_SOCKET_PATH_BYTES)))
+        elif _socket_path_too_long(path):
+            found.append((path, None, None, _socket_path_too_long(path)))
         else:
             found.append((path, "unix://" + path, None, None))
     for directory in spec_dirs:
@@ -1191,7 +1195,7 @@ def find_plugin(name: str, socket_dir: str = PLUGIN_SOCKET_DIR,
             "under that name?" % (name, socket_dir, name, name, " or ".join(spec_dirs)))
         return lookup
     winner = found[0]
-    lookup.source, lookup.address, lookup.tls = winner[0], winner[1], winner[2]
+    lookup.address, lookup.tls = winner[1], winner[2]
     if winner[3]:
         lookup.problems.append(winner[3])
     for other in found[1:]:
@@ -1426,9 +1430,8 @@ def _connect_problem(address: str) -> "Optional[str]":
     if address.startswith("https://"):
         return None  # checked by the first call
     family, where = _split_address(address)
-    if family == socket.AF_UNIX and len(os.fsencode(where)) > MAX_SOCKET_PATH_BYTES:
-        return ("socket path %s is %d bytes, over the %d-byte limit: the engine refuses it"
-                % (where, len(os.fsencode(where)), MAX_SOCKET_PATH_BYTES))
+    if family == socket.AF_UNIX and _socket_path_too_long(where):
+        return _socket_path_too_long(where)
     probe = socket.socket(family, socket.SOCK_STREAM)
     probe.settimeout(5.0)
     try:

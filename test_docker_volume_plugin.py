@@ -73,6 +73,13 @@ class MemoryDriver(object):
         return list(self.volumes.values())
 
 
+def raising(exc):
+    """A driver method that fails with ``exc``, whatever it is called with."""
+    def fail(*args):
+        raise exc
+    return fail
+
+
 def temp_dir(test, prefix="dvp"):
     """A temporary directory that the test's cleanup removes."""
     path = tempfile.mkdtemp(prefix=prefix)
@@ -293,9 +300,7 @@ class PluginTests(QuietLogs, unittest.TestCase):
         self.assertIn("not JSON serializable", reply["Err"])
 
     def test_driver_error_reaches_docker_and_server_keeps_going(self):
-        def create(name, options):
-            raise dvp.PluginError("quota of 3 volumes reached")
-        self.driver.create = create
+        self.driver.create = raising(dvp.PluginError("quota of 3 volumes reached"))
         with self.assertLogs("docker_volume_plugin", logging.WARNING) as logs:
             self.assertEqual(self.call("/VolumeDriver.Create", {"Name": "v", "Opts": None}),
                              (200, {"Err": "quota of 3 volumes reached"}))
@@ -303,9 +308,7 @@ class PluginTests(QuietLogs, unittest.TestCase):
         self.assertEqual(self.call("/VolumeDriver.List", {}), (200, {"Volumes": []}))
 
     def test_unexpected_exception_is_logged_with_traceback(self):
-        def remove(name):
-            raise OSError(5, "Input/output error")
-        self.driver.remove = remove
+        self.driver.remove = raising(OSError(5, "Input/output error"))
         with self.assertLogs("docker_volume_plugin", logging.ERROR) as logs:
             status, reply = self.call("/VolumeDriver.Remove", {"Name": "v"})
         self.assertEqual(status, 200)
@@ -688,6 +691,13 @@ class UnixServerTests(QuietLogs, unittest.TestCase):
 
 
 class TCPServerTests(QuietLogs, unittest.TestCase):
+    def test_binds_loopback_unless_told_otherwise(self):
+        self.assertEqual(dvp._parse_tcp(":9000"), ("127.0.0.1", 9000))
+        self.assertEqual(dvp._parse_tcp("[::1]:9000"), ("::1", 9000))
+        server = dvp.TCPPluginServer(("", 0), MemoryDriver())
+        self.addCleanup(server.server_close)
+        self.assertEqual(server.server_address[0], "127.0.0.1")
+
     def test_tcp_server_writes_and_removes_its_spec(self):
         spec_dir = temp_dir(self)
         server = dvp.TCPPluginServer(("127.0.0.1", 0), MemoryDriver(), name="tcpp", spec_dir=spec_dir)
@@ -1220,9 +1230,7 @@ class CheckerTests(QuietLogs, unittest.TestCase):
         self.assert_fails("get-unknown", "Create and its options never reach", self.check())
 
     def test_create_refused(self):
-        def create(name, options):
-            raise dvp.PluginError("read-only backend")
-        self.driver.create = create
+        self.driver.create = raising(dvp.PluginError("read-only backend"))
         self.assert_fails("create", "read-only backend: `docker volume create` fails", self.check())
 
     def test_get_after_create_says_missing(self):
@@ -1246,15 +1254,11 @@ class CheckerTests(QuietLogs, unittest.TestCase):
         self.assert_fails("path", "tools that ask Path see another directory", self.check())
 
     def test_unmount_fails(self):
-        def unmount(name, mount_id):
-            raise dvp.PluginError("device busy")
-        self.driver.unmount = unmount
+        self.driver.unmount = raising(dvp.PluginError("device busy"))
         self.assert_fails("unmount", "device busy: the engine logs it", self.check())
 
     def test_remove_fails_and_cleanup_says_so(self):
-        def remove(name):
-            raise dvp.PluginError("backend down")
-        self.driver.remove = remove
+        self.driver.remove = raising(dvp.PluginError("backend down"))
         results = self.check()
         self.assert_fails("remove", "`docker volume rm` fails", results)
         self.assert_fails("cleanup", "scratch volume left behind", results)
