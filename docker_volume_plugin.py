@@ -132,8 +132,12 @@ class PluginError(Exception):
     exception also reaches Docker, but is logged with its traceback.
     """
 
-    #: The HTTP status of the reply; Docker shows a 200 + Err most cleanly.
-    status = 200
+    #: The HTTP status of the reply. Any error must be a non-200: Podman looks
+    #: only at the status and takes a 200 as success even with an ``Err``
+    #: (libpod/plugin/volume_api.go ``handleErrorResponse``); Docker reads the
+    #: ``Err`` of a non-200 and shows ``VolumeDriver.Create: <message>``
+    #: (moby pkg/plugins/client.go). 500 is what go-plugins-helpers sends.
+    status = 500
 
 
 class VolumeNotFound(PluginError):
@@ -373,6 +377,8 @@ class Plugin(object):
     def __init__(self, driver: "Any" = None) -> None:
         #: What ``Plugin.Activate`` announces.
         self.implements = []  # type: List[str]
+        #: How many times ``Plugin.Activate`` was called.
+        self.activations = 0
         self.driver = None  # type: Any
         self._routes = {}  # type: Dict[str, Tuple[Callable[[Dict[str, Any]], Dict[str, Any]], bool]]
         self.add_route("/Plugin.Activate", self._activate, read_only=False)
@@ -417,6 +423,10 @@ class Plugin(object):
             return 404, _encode_json({"Err": "unknown endpoint %r; this plugin implements %s"
                                       % (path, ", ".join(self.implements) or "nothing")})
         handler, read_only = route
+        if path == "/Plugin.Activate":
+            # Docker activates once per engine lifetime, Podman in every
+            # command it runs (libpod/plugin/volume_api.go): log the first.
+            read_only, self.activations = self.activations > 0, self.activations + 1
         started = _monotonic()
         request = {}  # type: Dict[str, Any]
         try:
@@ -424,11 +434,30 @@ class Plugin(object):
             reply = handler(request)
             encoded = reply if isinstance(reply, bytes) else _encode_json(reply)
         except Exception as exc:
-            status = exc.status if isinstance(exc, PluginError) else 200
+            status = exc.status if isinstance(exc, PluginError) else 500
             self._log_call(path, request, started, exc, read_only)
             return status, _encode_json({"Err": _error_text(exc)})
         self._log_call(path, request, started, None, read_only)
         return 200, encoded
+
+    def undo(self, path: str, body: bytes) -> None:
+        """Undo a call whose successful reply could not be delivered.
+
+        The server calls this when the client hung up before the reply was
+        sent. Only a Mount needs it: the engine saw it fail, so it never sends
+        the Unmount, and the volume would stay mounted for good.
+        """
+        if path == "/VolumeDriver.Mount":
+            request = _decode_json_object(body)
+            self._undo_mount(request["Name"], request["ID"],
+                             "the client hung up before the reply (Podman waits 5 s, Docker 2 min)")
+
+    def _undo_mount(self, name: str, mount_id: str, why: str) -> None:
+        log.warning("VolumeDriver.Mount name=%r id=%r undone: %s", name, mount_id, why)
+        try:
+            self.driver.unmount(name, mount_id)
+        except Exception:
+            log.exception("undoing the mount of %r failed", name)
 
     @staticmethod
     def _log_call(path: str, request: "Dict[str, Any]", started: float,
@@ -470,12 +499,9 @@ class Plugin(object):
         mountpoint = self.driver.mount(name, mount_id)
         if not isinstance(mountpoint, str) or not os.path.isabs(mountpoint):
             # Docker stores whatever comes back and fails the container later,
-            # and sends no Unmount after a failed Mount (PROTOCOL 3.3, 3.10):
-            # undo the driver's mount ourselves.
-            try:
-                self.driver.unmount(name, mount_id)
-            except Exception:
-                log.exception("undoing mount of %r after a bad mountpoint", name)
+            # and sends no Unmount after a failed Mount (moby
+            # volume/drivers/adapter.go, volume/mounts/mounts.go): undo it.
+            self._undo_mount(name, mount_id, "the driver returned no absolute path")
             raise PluginError("driver returned %r as the mountpoint of %r; it must be an "
                               "absolute path" % (mountpoint, name))
         return {"Mountpoint": mountpoint}
@@ -549,6 +575,8 @@ class Plugin(object):
 
 
 _LIST_ENTRY = '{"Name":%s,"Mountpoint":%s}'
+#: Calls whose successful reply, if it cannot be delivered, :meth:`Plugin.undo` undoes.
+_UNDO_IF_UNDELIVERED = frozenset(["/VolumeDriver.Mount"])
 
 
 def _volume_reply(volume: "Any", name: str) -> "Dict[str, Any]":
@@ -657,15 +685,53 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _handle_request(self, head: bytes) -> None:
         self._parse_head(head)
-        body = self._read_body()
         plugin = self.server.plugin
-        if self.command != "POST" and self.path in plugin._routes:
-            log.warning("%s %r: only POST is allowed", self.command, self.path)
-            self._reply(405, _encode_json({"Err": "method %s not allowed; plugin endpoints take "
-                                                  "POST" % self.command}), b"Allow: POST\r\n")
-            return
+        if self.command != "POST":
+            self._discard_body()
+            if self.path in plugin._routes:
+                log.warning("%s %r: only POST is allowed", self.command, self.path)
+                self._reply(405, _encode_json({"Err": "method %s not allowed; plugin endpoints "
+                                                      "take POST" % self.command}),
+                            b"Allow: POST\r\n")
+                return
+        body = self._read_body() if self.command == "POST" else b""
         status, reply = plugin.handle(self.path, body)
+        if status == 200 and self.path in _UNDO_IF_UNDELIVERED:
+            # Nobody may be waiting any more: Podman gives up after 5 s, the
+            # engine after 2 min, and neither sends an Unmount for a Mount it
+            # saw fail (moby volume/mounts/mounts.go; libpod/plugin).
+            delivered = not self._client_gone()
+            if delivered:
+                try:
+                    self._reply(status, reply)
+                except OSError:
+                    delivered = False
+            if not delivered:
+                plugin.undo(self.path, body)
+                self.close_connection = True
+            return
         self._reply(status, reply)
+
+    def _client_gone(self) -> bool:
+        """True if the client closed its end while we worked on its request."""
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False  # open, and nothing more sent yet
+        except OSError:
+            return True  # reset
+
+    def _discard_body(self) -> None:
+        """Read and drop the body of a request we refuse, if it has one.
+
+        A request that is not a POST and gives no length has no body (RFC 9112
+        6.3); one whose body cannot be framed ends the connection afterwards.
+        """
+        if "content-length" in self.headers or "transfer-encoding" in self.headers:
+            try:
+                self._read_body()
+            except _HTTPError:
+                self.close_connection = True
 
     # -- reading --------------------------------------------------------------
 
@@ -1118,11 +1184,23 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
 # Client and plugin lookup ####################################################
 ###############################################################################
 
-#: Spec directories in the engine's search order on Unix (PROTOCOL 1.1).
+#: Spec directories in the engine's search order on Unix
+#: (moby pkg/plugins/discovery_unix.go).
 PLUGIN_SPEC_DIRS = (PLUGIN_SPEC_DIR, "/usr/lib/docker/plugins")
-#: Per-call deadlines the engine applies, in seconds (PROTOCOL 1.7).
+#: Per-call deadlines Docker applies, in seconds: 2 minutes for Create and
+#: Mount, 1 for the rest, none for Activate (moby volume/drivers/proxy.go).
 CALL_DEADLINES = {"VolumeDriver.Create": 120.0, "VolumeDriver.Mount": 120.0}
 _DEFAULT_DEADLINE = 60.0
+#: Podman's deadline for every call, Activate included, in seconds: its
+#: ``volume_plugin_timeout`` default (libpod/plugin/volume_api.go).
+PODMAN_DEADLINE = 5.0
+#: Where Podman reads ``[engine.volume_plugins]``, lowest priority first, when
+#: ``CONTAINERS_CONF`` is not set (containers.conf(5)); each file's
+#: ``containers.conf.d`` drop-ins are read after it.
+PODMAN_CONFIG_FILES = ("/usr/share/containers/containers.conf", "/etc/containers/containers.conf")
+#: The Content-Type Podman sends; it sends no Accept (libpod/plugin).
+_PODMAN_MEDIA_TYPE = "application/vnd.docker.plugins.v1.1+json"
+_ENGINES = ("docker", "podman")
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -1145,25 +1223,32 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class _Lookup(object):
-    """Where the engine would find a plugin, and what looks wrong on the way."""
+    """Where an engine would find a plugin, and what looks wrong on the way."""
 
     def __init__(self) -> None:
         self.address = None  # type: Optional[str]
         self.tls = None  # type: Optional[Dict[str, Any]]
+        #: Whose configuration gave the address: Docker's plugin directories
+        #: or a Podman containers.conf file.
+        self.source = ""
         self.problems = []  # type: List[str]
         self.notes = []  # type: List[str]
 
 
 def find_plugin(name: str, socket_dir: str = PLUGIN_SOCKET_DIR,
-                spec_dirs: "Iterable[str]" = PLUGIN_SPEC_DIRS) -> _Lookup:
-    """Resolve a plugin name the way the engine does (PROTOCOL 1.1-1.3).
+                spec_dirs: "Iterable[str]" = PLUGIN_SPEC_DIRS,
+                podman_configs: "Optional[Iterable[str]]" = None) -> _Lookup:
+    """Resolve a plugin name the way Docker does, then the way Podman does.
 
-    Sockets ``NAME.sock`` and ``NAME/NAME.sock`` first, then in each spec
-    directory ``NAME.spec``, ``NAME/NAME.spec``, ``NAME.json``,
-    ``NAME/NAME.json``; the first that exists wins, valid or not. Returns a
-    lookup whose ``address`` is None when the engine would fail, with
-    ``problems`` saying why in the engine's terms and ``notes`` on files that
-    the winner shadows.
+    Docker (moby pkg/plugins/discovery.go): sockets ``NAME.sock`` and
+    ``NAME/NAME.sock`` first, then in each spec directory ``NAME.spec``,
+    ``NAME/NAME.spec``, ``NAME.json``, ``NAME/NAME.json``; the first that
+    exists wins, valid or not. If Docker would find nothing, Podman's
+    ``[engine.volume_plugins]`` in its containers.conf files
+    (``podman_configs``, default: ``CONTAINERS_CONF`` or the standard ones).
+    Returns a lookup whose ``address`` is None when both would fail, with
+    ``problems`` saying why in the engines' terms, ``notes`` on files that the
+    winner shadows and ``source`` naming the configuration used.
     """
     lookup = _Lookup()
     found = []  # type: List[Tuple[str, Optional[str], Optional[Dict[str, Any]], Optional[str]]]
@@ -1178,30 +1263,80 @@ def find_plugin(name: str, socket_dir: str = PLUGIN_SOCKET_DIR,
             continue
         if not is_socket:
             lookup.notes.append("%s is not a socket, so the engine ignores it" % path)
-        elif _socket_path_too_long(path):
-            found.append((path, None, None, _socket_path_too_long(path)))
         else:
-            found.append((path, "unix://" + path, None, None))
+            found.append((path, "unix://" + path, None, _socket_path_too_long(path)))
     for directory in spec_dirs:
         for relative in (name + ".spec", os.path.join(name, name + ".spec"),
                          name + ".json", os.path.join(name, name + ".json")):
             path = os.path.join(directory, relative)
             if os.path.exists(path):
                 found.append((path,) + _read_spec(path))
-    if not found:
-        lookup.problems.append(
-            "no socket %s.sock in %s and no spec file %s.spec or %s.json in %s: the engine "
-            "retries for about 15 s, then says the plugin is not found. Is the plugin running, "
-            "under that name?" % (name, socket_dir, name, name, " or ".join(spec_dirs)))
+    if found:
+        winner = found[0]
+        lookup.address = None if winner[3] else winner[1]
+        lookup.tls, lookup.source = winner[2], "Docker's plugin directories (%s)" % winner[0]
+        if winner[3]:
+            lookup.problems.append(winner[3])
+        for other in found[1:]:
+            lookup.notes.append("%s is shadowed by %s, which comes first in the engine's "
+                                "search order" % (other[0], winner[0]))
         return lookup
-    winner = found[0]
-    lookup.address, lookup.tls = winner[1], winner[2]
-    if winner[3]:
-        lookup.problems.append(winner[3])
-    for other in found[1:]:
-        lookup.notes.append("%s is shadowed by %s, which comes first in the engine's search "
-                            "order" % (other[0], winner[0]))
+    socket_path, config = _podman_plugin(name, podman_configs)
+    if socket_path is not None:
+        lookup.address = "unix://" + socket_path
+        lookup.source = "Podman's %s" % config
+        return lookup
+    lookup.problems.append(
+        "no socket %s.sock in %s and no spec file %s.spec or %s.json in %s: Docker retries for "
+        "about 15 s, then says the plugin is not found; no %s in [engine.volume_plugins] of "
+        "Podman's %s either. Is the plugin running, under that name?"
+        % (name, socket_dir, name, name, " or ".join(spec_dirs), name,
+           " or ".join(_podman_config_files(podman_configs)) or "containers.conf"))
     return lookup
+
+
+def _podman_config_files(configs: "Optional[Iterable[str]]" = None) -> "List[str]":
+    """Podman's containers.conf files that exist, lowest priority first."""
+    if configs is None:
+        env = os.environ.get("CONTAINERS_CONF")
+        configs = [env] if env else PODMAN_CONFIG_FILES
+    files = []
+    for config in configs:
+        if os.path.isfile(config):
+            files.append(config)
+        drop_ins = config + ".d"
+        if os.path.isdir(drop_ins):
+            files += [os.path.join(drop_ins, f) for f in sorted(os.listdir(drop_ins))
+                      if f.endswith(".conf")]
+    return files
+
+
+def _podman_plugin(name: str, configs: "Optional[Iterable[str]]" = None
+                   ) -> "Tuple[Optional[str], Optional[str]]":
+    """Podman's socket for plugin ``name`` and the file that set it, or (None, None).
+
+    Reads only the ``[engine.volume_plugins]`` table of each file (TOML
+    ``name = "path"`` lines); a later file overrides an earlier one.
+    """
+    result = None, None  # type: Tuple[Optional[str], Optional[str]]
+    for config in _podman_config_files(configs):
+        try:
+            with open(config, encoding="utf-8", errors="replace") as conf:
+                lines = conf.read().splitlines()
+        except OSError:
+            continue
+        table = ""
+        for line in lines:
+            line = line.strip()
+            if line.startswith("["):
+                table = line.strip("[] ").replace(" ", "")
+                continue
+            key, sep, value = line.partition("=")
+            if table == "engine.volume_plugins" and sep:
+                key, value = key.strip().strip("\"'"), value.split("#")[0].strip()
+                if key == name and len(value) > 1 and value[0] == value[-1] and value[0] in "\"'":
+                    result = value[1:-1], config
+    return result
 
 
 def _read_spec(path: str) -> "Tuple[Optional[str], Optional[Dict[str, Any]], Optional[str]]":
@@ -1227,31 +1362,50 @@ def _read_spec(path: str) -> "Tuple[Optional[str], Optional[Dict[str, Any]], Opt
     return address, tls, None
 
 
+def _resolve(target: str, socket_dir: str = PLUGIN_SOCKET_DIR,
+             spec_dirs: "Iterable[str]" = PLUGIN_SPEC_DIRS) -> _Lookup:
+    """An address as it is, or a plugin name found as the engines find it."""
+    if "://" in target or target.startswith("/"):
+        lookup = _Lookup()
+        lookup.address, lookup.source = target, "the address given"
+        return lookup
+    return find_plugin(target, socket_dir, spec_dirs)
+
+
 class PluginClient(object):
-    """Talks to a plugin exactly as the engine does (PROTOCOL 1.5-1.9).
+    """Talks to a plugin exactly as an engine does: Docker's or Podman's.
 
     ``target`` is an address (``unix:///path``, a socket path,
     ``tcp://host:port``, ``http://``, ``https://``) or a plugin name, found
-    as the engine finds it (:func:`find_plugin`). Requests are POSTs with
-    only the engine's headers (``Accept``, ``Content-Length``,
-    ``User-Agent``, an empty ``Host`` on a Unix socket), compact JSON bodies
-    ending in a newline, over one keep-alive connection, with the engine's
+    as the engines find it (:func:`find_plugin`); ``tls`` takes the keys of a
+    ``.json`` spec's ``TLSConfig`` and defaults to the spec's own.
+
+    With ``engine="docker"`` requests are POSTs with only Docker's headers
+    (``Accept``, ``Content-Length``, ``User-Agent``, an empty ``Host`` on a
+    Unix socket), compact JSON bodies ending in a newline, and Docker's
     deadlines (2 minutes for Create and Mount, 1 for the rest, none for
-    Activate) unless ``timeout`` is given. As for the engine, only a 200
-    without ``Err`` is success; anything else raises :class:`PluginCallError`.
-    One client serves one thread at a time.
+    Activate); only a 200 without ``Err`` is success (moby pkg/plugins).
+    With ``engine="podman"`` they carry Podman's headers (``Host: plugin``,
+    a ``Content-Type``, no ``Accept``), bodies without a newline, no body for
+    Activate and List, no ``Opts`` key in a Create without options, a 5 s
+    deadline, and, as in Podman, any 200 is success, even with an ``Err``.
+    ``timeout`` overrides the deadlines. Failures raise
+    :class:`PluginCallError`. One client serves one thread at a time, over
+    one keep-alive connection.
     """
 
     def __init__(self, target: str, timeout: "Optional[float]" = None,
                  socket_dir: str = PLUGIN_SOCKET_DIR,
-                 spec_dirs: "Iterable[str]" = PLUGIN_SPEC_DIRS) -> None:
-        tls = None  # type: Optional[Dict[str, Any]]
-        if "://" not in target and not target.startswith("/"):
-            lookup = find_plugin(target, socket_dir, spec_dirs)
-            if lookup.address is None:
-                raise PluginCallError("plugin %r: %s" % (target, "; ".join(lookup.problems)))
-            target, tls = lookup.address, lookup.tls
+                 spec_dirs: "Iterable[str]" = PLUGIN_SPEC_DIRS,
+                 engine: str = "docker", tls: "Optional[Dict[str, Any]]" = None) -> None:
+        if engine not in _ENGINES:
+            raise ValueError("engine must be one of %s, not %r" % (", ".join(_ENGINES), engine))
+        lookup = _resolve(target, socket_dir, spec_dirs)
+        if lookup.address is None:
+            raise PluginCallError("plugin %r: %s" % (target, "; ".join(lookup.problems)))
+        target, tls = lookup.address, tls if tls is not None else lookup.tls
         self.address = target
+        self.engine = engine
         #: Overrides the engine's deadlines for every call when set.
         self.timeout = timeout
         scheme, _, rest = target.partition("://") if "://" in target else ("unix", "", target)
@@ -1266,6 +1420,8 @@ class PluginClient(object):
             self._connection = http.client.HTTPSConnection(self._host, context=_tls_context(tls))
         else:
             raise ValueError("unsupported plugin address %r" % target)
+        if engine == "podman":
+            self._host = "plugin"
 
     def close(self) -> None:
         self._connection.close()
@@ -1282,16 +1438,22 @@ class PluginClient(object):
 
         Raises :class:`PluginCallError` only for transport failures.
         """
-        if payload is None:
-            body = b""  # Plugin.Activate has no body at all (PROTOCOL 2)
+        podman = self.engine == "podman"
+        if payload is None or (podman and method in ("Plugin.Activate", "VolumeDriver.List")):
+            body = b""  # Activate has no body at all (moby pkg/plugins/plugins.go)
         else:
-            # Go's encoder: compact, <>& escaped, and a trailing newline.
+            if podman and method == "VolumeDriver.Create" and not payload.get("Opts"):
+                payload = dict(payload)
+                payload.pop("Opts", None)  # Podman's Opts is omitempty
+            # Go's encoding/json: compact, <>& escaped; Docker's Encoder adds a newline.
             text = json.dumps(payload, separators=(",", ":"))
             body = (text.replace("<", "\\u003c").replace(">", "\\u003e")
-                    .replace("&", "\\u0026") + "\n").encode("utf-8")
+                    .replace("&", "\\u0026") + ("" if podman else "\n")).encode("utf-8")
         conn = self._connection
         if self.timeout is not None:
             conn.timeout = self.timeout
+        elif podman:
+            conn.timeout = PODMAN_DEADLINE
         else:
             conn.timeout = (None if method == "Plugin.Activate"
                             else CALL_DEADLINES.get(method, _DEFAULT_DEADLINE))
@@ -1302,7 +1464,10 @@ class PluginClient(object):
             conn.putheader("Host", self._host)
             conn.putheader("User-Agent", "Go-http-client/1.1")
             conn.putheader("Content-Length", str(len(body)))
-            conn.putheader("Accept", PLUGIN_MEDIA_TYPE)
+            if podman:
+                conn.putheader("Content-Type", _PODMAN_MEDIA_TYPE)
+            else:
+                conn.putheader("Accept", PLUGIN_MEDIA_TYPE)
             conn.endheaders(body)
             response = conn.getresponse()
             return response.status, response.read()
@@ -1319,7 +1484,7 @@ class PluginClient(object):
             raise PluginCallError("%s: %s" % (method, err or raw.decode("utf-8", "replace")), status)
         if not isinstance(reply, dict):
             raise PluginCallError("%s: reply is not a JSON object: %r" % (method, raw[:200]), status)
-        if err:
+        if err and self.engine == "docker":
             raise PluginCallError(str(err), status)
         return reply
 
@@ -1380,40 +1545,50 @@ def _tls_context(tls: "Optional[Dict[str, Any]]") -> "Any":
 
 #: Seconds the concurrency probe waits for a Get while a Mount is in progress.
 _PROBE_SECONDS = 5.0
-#: A call is "well within" the engine's deadline under this share of it.
+#: A call is "well within" the engines' deadline under this share of it.
 _DEADLINE_SHARE = 0.25
+#: A Mount quicker than this cannot hold a lock long enough to be measured.
+_LOCK_PROBE_MIN_SECONDS = 0.05
+#: Names Docker's ``local`` driver refuses (volume/local/local.go) and the
+#: engine passes to plugins unchecked (volume/mounts/linux_parser.go).
+_UNSAFE_NAMES = ("../%s-up", "%s-a/b", "%s sp")
 _NAIVE_TIME = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?\Z")
 
 
 def check_plugin(target: str, options: "Optional[Dict[str, str]]" = None,
                  socket_dir: str = PLUGIN_SOCKET_DIR, spec_dirs: "Iterable[str]" = PLUGIN_SPEC_DIRS,
-                 deadline_share: float = _DEADLINE_SHARE) -> "List[Dict[str, Any]]":
-    """Drive a running plugin through the engine's call sequences and judge it.
+                 deadline_share: float = _DEADLINE_SHARE,
+                 bad_options: "Optional[Dict[str, str]]" = None,
+                 deadline: "Optional[float]" = None) -> "List[Dict[str, Any]]":
+    """Drive a running plugin through Docker's and Podman's call sequences and judge it.
 
-    ``target`` is a plugin name or an address. Works on two scratch volumes
-    named ``dvp-check-<random>-a``/``-b`` (the second created with
-    ``options``) and removes them even when a rule fails; no other volume is
-    touched. Returns one ``{"rule", "passed", "detail"}`` per rule; a failed
-    rule's detail says what was seen and what Docker will do because of it.
+    ``target`` is a plugin name (found as Docker, then Podman, would find
+    it) or an address. Works on scratch volumes named
+    ``dvp-check-<random>-...``, created with ``options``, and removes them
+    even when a rule fails; no other volume is touched. ``bad_options`` are
+    options the driver must refuse (that rule is skipped without them).
+    Calls are judged against ``deadline`` seconds, by default the tighter of
+    Docker's deadline for the call and Podman's 5 s. Returns one
+    ``{"rule", "status", "passed", "detail"}`` per rule, ``status`` being
+    ``pass``, ``fail``, ``warn`` or ``skip`` (only ``fail`` is not passed); a
+    failure's detail says what was seen and what the engines will do because
+    of it.
     """
-    results = []  # type: List[Dict[str, Any]]
-    address, notes = target, []  # type: str, List[str]
-    if "://" not in target and not target.startswith("/"):
-        lookup = find_plugin(target, socket_dir, spec_dirs)
-        notes = lookup.notes
-        if lookup.address is None:
-            return [_result("reachable", False, "; ".join(lookup.problems + notes))]
-        address = lookup.address
-    problem = _connect_problem(address)
+    lookup = _resolve(target, socket_dir, spec_dirs)
+    if lookup.address is None:
+        return [_result("reachable", "fail", "; ".join(lookup.problems + lookup.notes))]
+    problem = _connect_problem(lookup.address)
     if problem is not None:
-        return [_result("reachable", False, "; ".join([problem] + notes))]
-    results.append(_result("reachable", True, "; ".join([address] + notes)))
-    checker = _Checker(address, dict(options or {}), deadline_share)
+        return [_result("reachable", "fail", "; ".join([problem] + lookup.notes))]
+    detail = "%s, from %s" % (lookup.address, lookup.source)
+    results = [_result("reachable", "pass", "; ".join([detail] + lookup.notes))]
+    checker = _Checker(lookup.address, lookup.tls, dict(options or {}), dict(bad_options or {}),
+                       deadline_share, deadline)
     return results + checker.run()
 
 
-def _result(rule: str, passed: bool, detail: str) -> "Dict[str, Any]":
-    return {"rule": rule, "passed": bool(passed), "detail": detail}
+def _result(rule: str, status: str, detail: str) -> "Dict[str, Any]":
+    return {"rule": rule, "status": status, "passed": status != "fail", "detail": detail}
 
 
 def _split_address(address: str) -> "Tuple[int, Any]":
@@ -1438,7 +1613,7 @@ def _connect_problem(address: str) -> "Optional[str]":
         probe.connect(where)
     except ConnectionRefusedError:
         if family == socket.AF_UNIX:
-            return ("stale socket %s: nothing listens on it. The engine hangs about 15 s on "
+            return ("stale socket %s: nothing listens on it. Docker hangs about 15 s on "
                     "every `docker volume ls` while it retries: start the plugin or remove "
                     "the socket" % where)
         return ("nothing listens on %s: the engine retries for about 15 s, then fails the "
@@ -1462,255 +1637,489 @@ def _created_at_problem(value: "Any") -> "Optional[str]":
 
 
 class _Checker(object):
-    """One run of :func:`check_plugin` against one address."""
+    """One run of :func:`check_plugin` against one address.
 
-    def __init__(self, address: str, options: "Dict[str, str]", deadline_share: float) -> None:
+    Volume ``a`` is created as Docker creates it and goes through mounts,
+    counting and removal; ``b`` is created, mounted, listed and removed as
+    Podman does it, one new connection and Activate per command.
+    """
+
+    def __init__(self, address: str, tls: "Optional[Dict[str, Any]]", options: "Dict[str, str]",
+                 bad_options: "Dict[str, str]", deadline_share: float,
+                 deadline: "Optional[float]") -> None:
         self.address = address
+        self.tls = tls
         self.options = options
+        self.bad_options = bad_options
         self.deadline_share = deadline_share
-        self.client = PluginClient(address)
+        self.deadline = deadline
+        self.client = self.new_client()
         family, where = ((None, None) if address.startswith("https://")
                          else _split_address(address))
         #: Mountpoints are host paths we can look at only on this host.
         self.local = family == socket.AF_UNIX or (
             family is not None and where[0] in ("127.0.0.1", "::1", "localhost"))
-        token = os.urandom(6).hex()
-        self.names = ["dvp-check-%s-a" % token, "dvp-check-%s-b" % token]
+        self.prefix = "dvp-check-%s" % os.urandom(6).hex()
+        self.a, self.b, self.unknown = (self.prefix + "-a", self.prefix + "-b",
+                                        self.prefix + "-never-created")
         self.created = []  # type: List[str]
         self.mounted = []  # type: List[Tuple[str, str]]
-        self.calls = []  # type: List[Tuple[str, int, bytes, float]]
+        self.mount_seconds = 0.0
+        #: (method, engine, status, raw reply, seconds, expected to fail)
+        self.calls = []  # type: List[Tuple[str, str, int, bytes, float, bool]]
         self.results = []  # type: List[Dict[str, Any]]
 
-    def rule(self, rule: str, passed: bool, detail: str) -> bool:
-        self.results.append(_result(rule, passed, detail))
-        return passed
+    def new_client(self, engine: str = "docker") -> PluginClient:
+        return PluginClient(self.address, timeout=self.deadline, engine=engine, tls=self.tls)
 
-    def call(self, method: str, payload: "Optional[Dict[str, Any]]"
-             ) -> "Tuple[Dict[str, Any], Optional[str]]":
-        """Return the reply object ({} if unusable) and the error Docker would see."""
+    def rule(self, rule: str, passed: "Any", detail: str) -> bool:
+        """Record a rule; ``passed`` is True, False, or a status string."""
+        status = passed if isinstance(passed, str) else ("pass" if passed else "fail")
+        self.results.append(_result(rule, status, detail))
+        return status != "fail"
+
+    def call(self, method: str, payload: "Optional[Dict[str, Any]]", client: "Any" = None,
+             expect_error: bool = False) -> "Tuple[Dict[str, Any], Optional[str]]":
+        """Return the reply object ({} if unusable) and the error the engine would see.
+
+        An error is a non-200 or an ``Err``: Docker fails on either (a 200 +
+        ``Err`` is judged apart, by the ``errors`` rule, for Podman's sake).
+        """
+        client = client or self.client
         started = _monotonic()
-        status, raw = self.client.exchange(method, payload)
-        self.calls.append((method, status, raw, _monotonic() - started))
+        status, raw = client.exchange(method, payload)
+        self.calls.append((method, client.engine, status, raw, _monotonic() - started,
+                           expect_error))
         reply = _parse_reply(raw)
         if status != 200 or not isinstance(reply, dict):
-            return {}, "HTTP %d %r" % (status, raw[:200])
+            err = reply.get("Err") if isinstance(reply, dict) else None
+            return {}, ("HTTP %d %s" % (status, err if err else repr(raw[:200])))
         return reply, (str(reply["Err"]) if reply.get("Err") else None)
 
     def run(self) -> "List[Dict[str, Any]]":
         try:
             self.activate()
+            if not self.concurrency():
+                return self.results  # any further call could hang
             self.capabilities()
             self.get_unknown()
             if self.create():
-                self.concurrency()
-                self.mount()  # also undoes the probe's Mount
+                self.unsafe_names()
+                self.bad_option()
+                self.unknown_volume()
+                self.mount()
+                self.lock()
+                self.podman()
                 self.remove()
             self.replies()
         except PluginCallError as exc:
-            self.rule("transport", False, "%s: the engine retries such a failure for about 15 s, "
-                      "then fails the user's command" % exc)
+            self.rule("transport", False, "%s: Docker retries such a failure for about 15 s, "
+                      "then fails the user's command; Podman fails it at once" % exc)
         finally:
             self.cleanup()
         return self.results
 
-    # -- the rules, in the order the engine makes its calls (PROTOCOL 3.9) ---
+    # -- the rules, in the order the engine makes its calls (moby volume/service) --
 
     def activate(self) -> None:
-        reply, err = self.call("Plugin.Activate", None)
-        implements = reply.get("Implements")
-        if err is None and isinstance(implements, list) and "VolumeDriver" in implements:
-            self.rule("activate", True, "Implements %r" % implements)
-        else:
-            self.rule("activate", False, "saw %s: the engine refuses it with 'plugin does not "
-                      "implement the requested driver'" % (err or "Implements %r" % implements))
+        for engine in _ENGINES:
+            with self.new_client(engine) as client:
+                reply, err = self.call("Plugin.Activate", None, client)
+            implements = reply.get("Implements")
+            if err is None and isinstance(implements, list) and "VolumeDriver" in implements:
+                self.rule("activate", True, "%s's request: Implements %r" % (engine, implements))
+            else:
+                self.rule("activate", False, "%s's request got %s: the engine refuses the plugin "
+                          "('does not implement the requested driver')"
+                          % (engine, err or "Implements %r" % (implements,)))
 
     def capabilities(self) -> None:
         reply, err = self.call("VolumeDriver.Capabilities", {})
         capabilities = reply.get("Capabilities")
         scope = capabilities.get("Scope") if isinstance(capabilities, dict) else None
         if err is not None:
-            self.rule("capabilities", False, "saw %s: the engine assumes scope 'local' and asks "
+            self.rule("capabilities", False, "saw %s: Docker assumes scope 'local' and asks "
                       "again on every lookup" % err)
         elif scope in ("local", "global"):
             self.rule("capabilities", True, "Scope %r" % scope)
         else:
-            self.rule("capabilities", False, "Scope %r: the engine accepts 'local' or 'global' "
+            self.rule("capabilities", False, "Scope %r: Docker accepts 'local' or 'global' "
                       "and treats anything else as 'local', with a warning" % (scope,))
 
     def get_unknown(self) -> None:
-        reply, err = self.call("VolumeDriver.Get", {"Name": self.names[0]})
+        reply, err = self.call("VolumeDriver.Get", {"Name": self.a}, expect_error=True)
         if err is not None or reply.get("Volume") is None:
             self.rule("get-unknown", True, "not found (%s)" % (err or "null Volume"))
         else:
-            self.rule("get-unknown", False, "Get of %r, never created, returned %r: the engine "
-                      "calls Get before Create and adopts what it finds, so Create and its "
-                      "options never reach the plugin" % (self.names[0], reply.get("Volume")))
+            self.rule("get-unknown", False, "Get of %r, never created, returned %r: the engines "
+                      "call Get before Create and adopt what they find, so Create and its "
+                      "options never reach the plugin" % (self.a, reply.get("Volume")))
 
     def create(self) -> bool:
-        for name, opts, label in ((self.names[0], None, "null"), (self.names[1], self.options, "a map")):
-            reply, err = self.call("VolumeDriver.Create", {"Name": name, "Opts": opts})
-            if not self.rule("create", err is None, "with Opts %s: %s" % (
-                    label, "ok" if err is None else "%s: `docker volume create` fails" % err)):
-                continue
-            self.created.append(name)
+        opts = self.options or None  # docker run -v sends null
+        reply, err = self.call("VolumeDriver.Create", {"Name": self.a, "Opts": opts})
+        if self.rule("create", err is None, "Docker's request, Opts %s: %s" % (
+                _format_options(opts or {}), "ok" if err is None else
+                "%s: `docker volume create` fails" % err)):
+            self.created.append(self.a)
+        with self.new_client("podman") as podman:  # `podman volume create`
+            self.call("Plugin.Activate", None, podman)
+            self.call("VolumeDriver.Get", {"Name": self.b}, podman, expect_error=True)
+            reply, err = self.call("VolumeDriver.Create", {"Name": self.b, "Opts": opts}, podman)
+        if self.rule("create", err is None, "Podman's request%s: %s" % (
+                "" if opts else " without Opts", "ok" if err is None else
+                "%s: `podman volume create` fails" % err)):
+            self.created.append(self.b)
+        for name in self.created:
             reply, err = self.call("VolumeDriver.Get", {"Name": name})
             volume = reply.get("Volume")
             if err is not None or not isinstance(volume, dict):
-                self.rule("get", False, "Get of %r just after Create: %s: the engine treats the "
-                          "volume as missing and deletes its labels and options"
-                          % (name, err or "null Volume"))
+                self.rule("get", False, "Get of %r just after Create: %s: Docker treats the "
+                          "volume as missing and deletes its labels and options; `podman "
+                          "volume ls` fails" % (name, err or "null Volume"))
             elif volume.get("Name") != name:
                 self.rule("get", False, "Get of %r returned Name %r: the engine uses the "
                           "returned name, so the volume goes missing" % (name, volume.get("Name")))
             else:
                 self.rule("get", True, "%r found after Create, name echoed" % name)
         if self.created:
-            reply, err = self.call("VolumeDriver.List", {})
-            listed = [v.get("Name") for v in reply.get("Volumes") or [] if isinstance(v, dict)]
-            missing = [name for name in self.created if name not in listed]
-            self.rule("list", err is None and not missing, "lists %s" % ", ".join(self.created)
-                      if err is None and not missing else "%s: `docker volume ls` will not show %s"
-                      % (err or "List lacks " + ", ".join(missing), ", ".join(self.created)))
-        return self.names[0] in self.created
+            problem = self.listing_problem(self.created, True)
+            self.rule("list", problem is None, "List has %s" % ", ".join(self.created)
+                      if problem is None else "%s: `docker volume ls` will not show %s"
+                      % (problem, ", ".join(self.created)))
+        return self.a in self.created
+
+    def listing_problem(self, names: "List[str]", wanted: bool, client: "Any" = None
+                        ) -> "Optional[str]":
+        """What is wrong with a List that should (or should no longer) have ``names``."""
+        reply, err = self.call("VolumeDriver.List", {}, client)
+        listed = [v.get("Name") for v in reply.get("Volumes") or [] if isinstance(v, dict)]
+        wrong = [name for name in names if (name in listed) != wanted]
+        if err is not None or not wrong:
+            return err
+        return "List %s %s" % ("lacks" if wanted else "still has", ", ".join(wrong))
+
+    def unsafe_names(self) -> None:
+        """Names Docker's own driver refuses: a plugin that builds paths must too."""
+        accepted = []
+        for pattern in _UNSAFE_NAMES:
+            name = pattern % self.prefix
+            reply, err = self.call("VolumeDriver.Create", {"Name": name, "Opts": self.options or None},
+                                   expect_error=True)
+            if err is None:
+                accepted.append(name)
+                self.created.append(name)
+        if accepted:
+            self.rule("unsafe-names", "warn", "Create accepted %s: neither engine checks the "
+                      "names of plugin volumes (only Docker's local driver does), so a driver "
+                      "that builds a path from a name must refuse '..', '/' and the like, or "
+                      "it writes outside its root" % ", ".join(map(repr, accepted)))
+        else:
+            self.rule("unsafe-names", True, "refused names with '..', '/' and a space")
+
+    def bad_option(self) -> None:
+        if not self.bad_options:
+            self.rule("bad-option", "skip", "no --bad-opt given: name an option the driver must "
+                      "refuse to check that a user's mistake gets an error")
+            return
+        name = self.prefix + "-bad-opt"
+        options = dict(self.options, **self.bad_options)
+        reply, err = self.call("VolumeDriver.Create", {"Name": name, "Opts": options},
+                               expect_error=True)
+        if err is None:
+            self.created.append(name)
+        self.rule("bad-option", err is not None, "refused %s: %s" % (
+            _format_options(self.bad_options), err) if err is not None else
+            "Create with %s succeeded: the user's mistake goes unnoticed until the volume "
+            "misbehaves" % _format_options(self.bad_options))
+
+    def unknown_volume(self) -> None:
+        """Mount, Unmount and Remove of a name that was never created."""
+        mount_id = _random_id()
+        reply, mount_err = self.call("VolumeDriver.Mount", {"Name": self.unknown, "ID": mount_id},
+                                     expect_error=True)
+        if mount_err is None:
+            self.mounted.append((self.unknown, mount_id))
+        errors = [mount_err]
+        for method, payload in (("VolumeDriver.Unmount", {"Name": self.unknown, "ID": mount_id}),
+                                ("VolumeDriver.Remove", {"Name": self.unknown})):
+            errors.append(self.call(method, payload, expect_error=True)[1])
+        self.rule("unknown-volume", mount_err is not None, "Mount, Unmount, Remove: %s" % "; ".join(
+            err or "ok" for err in errors) if mount_err is not None else
+            "Mount of a volume that was never created returned %r: the container starts on a "
+            "directory that belongs to no volume" % reply.get("Mountpoint"))
 
     def mount(self) -> None:
-        name, first, second = self.names[0], _random_id(), _random_id()
+        """Mount counting as a multiset per ID, as the engine needs it."""
+        name, first, second, never = self.a, _random_id(), _random_id(), _random_id()
         paths = []  # type: List[Any]
         for mount_id in (first, first, second):  # docker cp reuses the running ID
+            started = _monotonic()
             reply, err = self.call("VolumeDriver.Mount", {"Name": name, "ID": mount_id})
+            self.mount_seconds = max(self.mount_seconds, _monotonic() - started)
             if err is not None:
                 self.rule("mount", False, "Mount #%d: %s: the container does not start"
                           % (len(paths) + 1, err))
-                break
+                self.unmount_all()
+                return
             self.mounted.append((name, mount_id))
             paths.append(reply.get("Mountpoint"))
+        path = paths[0]
+        if not all(isinstance(p, str) and os.path.isabs(p) for p in paths):
+            self.rule("mount", False, "Mountpoints %r: not all absolute paths; the engine "
+                      "stores them anyway and the container fails to start" % (paths,))
+        elif len(set(paths)) != 1:
+            self.rule("mount", False, "Mountpoints %r for one volume: containers sharing it "
+                      "(or docker cp) would see different directories" % (paths,))
+        elif self.local and not os.path.isdir(path):
+            self.rule("mount", False, "Mountpoint %s does not exist while mounted: the "
+                      "runtime cannot bind-mount it and the container fails" % path)
         else:
-            if not all(isinstance(p, str) and os.path.isabs(p) for p in paths):
-                self.rule("mount", False, "Mountpoints %r: not all absolute paths; the engine "
-                          "stores them anyway and the container fails to start" % (paths,))
-            elif len(set(paths)) != 1:
-                self.rule("mount", False, "Mountpoints %r for one volume: containers sharing it "
-                          "(or docker cp) would see different directories" % (paths,))
-            elif self.local and not os.path.isdir(paths[0]):
-                self.rule("mount", False, "Mountpoint %s does not exist while mounted: the "
-                          "runtime cannot bind-mount it and the container fails" % paths[0])
-            else:
-                self.rule("mount", True, "same ID twice and a second ID: %s" % paths[0])
-                reply, err = self.call("VolumeDriver.Path", {"Name": name})
-                self.rule("path", err is None and reply.get("Mountpoint") == paths[0],
-                          "agrees with Mount" if err is None and reply.get("Mountpoint") == paths[0]
-                          else "%s, but Mount gave %r: tools that ask Path see another directory"
-                          % (err or "Path gives %r" % reply.get("Mountpoint"), paths[0]))
-        failures = []
-        for volume, mount_id in list(self.mounted):
-            reply, err = self.call("VolumeDriver.Unmount", {"Name": volume, "ID": mount_id})
-            if err is None:
-                self.mounted.remove((volume, mount_id))
-            else:
-                failures.append(err)
-        if paths:
-            self.rule("unmount", not failures, "each Mount undone" if not failures else
-                      "%s: the engine logs it, keeps the mount ID and reuses it next time"
-                      % failures[0])
+            self.rule("mount", True, "same ID twice and a second ID: %s" % path)
+            reply, err = self.call("VolumeDriver.Path", {"Name": name})
+            self.rule("path", err is None and reply.get("Mountpoint") == path,
+                      "agrees with Mount" if err is None and reply.get("Mountpoint") == path
+                      else "%s, but Mount gave %r: tools that ask Path see another directory"
+                      % (err or "Path gives %r" % reply.get("Mountpoint"), path))
+        # Mounted A, A, B. Each step leaves the volume mounted; the mistake
+        # that releases it early is named by the step that does.
+        steps = (
+            (first, "Unmount of ID 1 (mounted twice) released the volume while ID 1 and ID 2 "
+                    "still hold it: the driver keeps one mounted flag per volume"),
+            (second, "after Mount(ID 1) twice, Mount(ID 2), Unmount(ID 1), Unmount(ID 2) the "
+                     "volume was released though ID 1 still holds it: the driver counts mount "
+                     "IDs as a set, not per ID, so `docker cp` into a running container "
+                     "unmounts the volume under it"),
+            (never, "Unmount of an ID that was never mounted released the mount that ID 1 "
+                    "holds: the driver counts mounts by name (or ignores the ID on Unmount), "
+                    "so one container's stop unmounts the volume under another"),
+        )
+        unmount_error, counting = None, None  # type: Optional[str], Optional[str]
+        while_mounted = self.mountpoints(name)
+        for mount_id, mistake in steps:
+            reply, err = self.call("VolumeDriver.Unmount", {"Name": name, "ID": mount_id},
+                                   expect_error=mount_id == never)
+            if mount_id != never and err is not None:
+                unmount_error = err
+                break
+            if (name, mount_id) in self.mounted:
+                self.mounted.remove((name, mount_id))
+            problem = self.released(name, path, while_mounted)
+            if problem is not None:
+                counting = "%s (%s). A running container loses its data, or sees an empty " \
+                           "directory" % (mistake, problem)
+                break
+        if unmount_error is not None:
+            self.rule("mount-counting", "skip", "could not run: Unmount failed")
+        else:
+            self.rule("mount-counting", counting is None, counting or
+                      "still mounted by ID 1 after the other Unmounts, an Unmount of an unknown "
+                      "ID included: Remove refused, same mountpoint")
+        self.unmount_all()
+        if unmount_error is None and any(m[0] == name for m in self.mounted):
+            unmount_error = "Unmount of %s failed" % name
+        self.rule("unmount", unmount_error is None, "each Mount undone" if unmount_error is None
+                  else "%s: the engine logs it, keeps the mount ID and reuses it next time"
+                  % unmount_error)
 
-    def concurrency(self) -> None:
-        """A Mount held half-sent must not stop a Get on another connection."""
+    def mountpoints(self, name: str) -> "Tuple[Any, Any]":
+        """What Get and Path say of ``name``'s mountpoint."""
+        volume = self.call("VolumeDriver.Get", {"Name": name})[0].get("Volume")
+        path = self.call("VolumeDriver.Path", {"Name": name})[0].get("Mountpoint")
+        return (volume.get("Mountpoint") if isinstance(volume, dict) else None), path
+
+    def released(self, name: str, path: str, while_mounted: "Tuple[Any, Any]") -> "Optional[str]":
+        """How the still-mounted volume ``name`` shows it was released, or None."""
+        if self.local and not os.path.isdir(path):
+            return "its mountpoint %s is gone" % path
+        now = self.mountpoints(name)
+        for method, before, after in zip(("Get", "Path"), while_mounted, now):
+            if before != after:
+                return "%s gives mountpoint %r, %r while mounted" % (method, after, before)
+        reply, err = self.call("VolumeDriver.Remove", {"Name": name}, expect_error=True)
+        if err is None:
+            self.created.remove(name)
+            self.mounted = [m for m in self.mounted if m[0] != name]
+            return "Remove succeeded while mounted"
+        return None
+
+    def unmount_all(self) -> None:
+        for volume, mount_id in list(self.mounted):
+            if self.call("VolumeDriver.Unmount", {"Name": volume, "ID": mount_id})[1] is None:
+                self.mounted.remove((volume, mount_id))
+
+    def concurrency(self) -> bool:
+        """A request held half-sent must not stop a Get on another connection."""
         if self.address.startswith("https://"):
-            return
+            self.rule("concurrency", "skip", "not probed over https")
+            return True
         family, where = _split_address(self.address)
-        mount_id = _random_id()
-        body = _encode_json({"Name": self.names[0], "ID": mount_id}) + b"\n"
+        body = _encode_json({"Name": self.a}) + b"\n"
         held = socket.socket(family, socket.SOCK_STREAM)
         held.settimeout(30.0)
         try:
             held.connect(where)
-            held.sendall(b"POST /VolumeDriver.Mount HTTP/1.1\r\nHost: \r\nUser-Agent: "
+            held.sendall(b"POST /VolumeDriver.Get HTTP/1.1\r\nHost: \r\nUser-Agent: "
                          b"Go-http-client/1.1\r\nContent-Length: %d\r\nAccept: %s\r\n\r\n"
                          % (len(body), PLUGIN_MEDIA_TYPE.encode()) + body[:5])
             started = _monotonic()
-            try:
-                with PluginClient(self.address, timeout=_PROBE_SECONDS) as other:
-                    other.exchange("VolumeDriver.Get", {"Name": self.names[0]})
-                self.rule("concurrency", True, "a Get answered in %.2fs while a Mount was in "
-                          "progress" % (_monotonic() - started))
-            except PluginCallError:
-                self.rule("concurrency", False, "a Get got no answer in %gs while a Mount was in "
-                          "progress on another connection: the server handles one connection "
-                          "at a time. The engine keeps idle connections open and calls "
-                          "concurrently, so it will hang" % _PROBE_SECONDS)
-                raise _ProbeFailed()
-            held.sendall(body[5:])
-            reply = b""
-            while b"\r\n\r\n" not in reply:
-                chunk = held.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
-            if reply.startswith(b"HTTP/1.1 200") and b'"Mountpoint"' in reply and b'"Err":"' not in reply:
-                self.mounted.append((self.names[0], mount_id))
-        except _ProbeFailed:
-            pass  # closing with the body half-sent: the plugin never mounts it
+            with PluginClient(self.address, timeout=_PROBE_SECONDS) as other:
+                other.exchange("VolumeDriver.Get", {"Name": self.a})
+            self.rule("concurrency", True, "a Get answered in %.2fs while another connection's "
+                      "request was in progress" % (_monotonic() - started))
+            return True
+        except PluginCallError:
+            return self.rule("concurrency", False, "a Get got no answer in %gs while another "
+                             "connection's request was in progress: the server handles one "
+                             "connection at a time. The engines keep idle connections open and "
+                             "call concurrently, so they will hang" % _PROBE_SECONDS)
         except OSError as exc:
-            self.rule("concurrency", False, "the held Mount failed: %s" % _error_text(exc))
+            return self.rule("concurrency", False, "the held request failed: %s" % _error_text(exc))
         finally:
-            held.close()
+            held.close()  # with the body half-sent: the plugin never acts on it
+
+    def lock(self) -> None:
+        """A slow Mount of one volume must not hold up a Get of another."""
+        if self.b not in self.created:
+            self.rule("lock", "skip", "needs the second scratch volume, which was not created")
+            return
+        if self.mount_seconds < _LOCK_PROBE_MIN_SECONDS:
+            self.rule("lock", True, "Mount takes %.0f ms: too quick to hold up other calls"
+                      % (self.mount_seconds * 1000))
+            return
+        mount_id, done = _random_id(), []  # type: str, List[Any]
+        with self.new_client() as client:
+            started = _monotonic()
+            self.call("VolumeDriver.Get", {"Name": self.a}, client)
+            alone = _monotonic() - started
+
+        def mount() -> None:
+            with self.new_client() as client:
+                done.append(self.call("VolumeDriver.Mount", {"Name": self.b, "ID": mount_id},
+                                      client))
+        thread = threading.Thread(target=mount)
+        thread.start()
+        time.sleep(self.mount_seconds * 0.2)  # the Mount is under way
+        started = _monotonic()
+        with self.new_client() as client:
+            self.call("VolumeDriver.Get", {"Name": self.a}, client)
+        get_seconds = _monotonic() - started
+        thread.join()
+        if done and done[0][1] is None:
+            self.mounted.append((self.b, mount_id))
+        self.unmount_all()
+        waited = get_seconds >= self.mount_seconds * 0.5 and get_seconds > alone * 3 + 0.02
+        self.rule("lock", not waited, "a Get of %r took %.3fs while a Mount of %r was under way"
+                  % (self.a, get_seconds, self.b) if not waited else
+                  "a Get of %r waited %.2fs, until a Mount of %r finished: the driver holds one "
+                  "lock for all volumes across slow work, so every engine call (Docker's Get "
+                  "before each command, Podman's 5 s deadline) waits behind every Mount; lock "
+                  "per volume" % (self.a, get_seconds, self.b))
+
+    def podman(self) -> None:
+        """Volume ``b`` through Podman's commands: a connection and Activate for each."""
+        if self.b not in self.created:
+            return
+        mount_id, problems = _random_id(), []  # type: str, List[str]
+
+        def command(method: str, payload: "Dict[str, Any]") -> "Dict[str, Any]":
+            with self.new_client("podman") as podman:
+                self.call("Plugin.Activate", None, podman)
+                reply, err = self.call(method, payload, podman)
+            if err is not None:
+                problems.append("%s: %s" % (method, err))
+            return reply
+        path = command("VolumeDriver.Mount", {"Name": self.b, "ID": mount_id}).get("Mountpoint")
+        if not problems:
+            self.mounted.append((self.b, mount_id))
+            if not isinstance(path, str) or (self.local and not os.path.isdir(path)):
+                problems.append("Mount gave %r, not an existing directory" % (path,))
+        command("VolumeDriver.Unmount", {"Name": self.b, "ID": mount_id})
+        if (self.b, mount_id) in self.mounted and not problems:
+            self.mounted.remove((self.b, mount_id))
+        with self.new_client("podman") as podman:  # `podman volume reload`
+            self.call("Plugin.Activate", None, podman)
+            problem = self.listing_problem([self.b], True, podman)
+        if problem is not None:
+            problems.append(problem)
+        self.rule("podman", not problems, "; ".join(problems) + ": the podman command fails"
+                  if problems else "Podman's Mount, Unmount and List of %r" % self.b)
 
     def remove(self) -> None:
         removed = []
-        for name in list(self.created):
-            reply, err = self.call("VolumeDriver.Remove", {"Name": name})
-            if self.rule("remove", err is None, "%r removed" % name if err is None else
-                         "%r: %s: `docker volume rm` fails and the engine keeps its metadata"
-                         % (name, err)):
+        for name in (self.a, self.b):
+            if name not in self.created:
+                continue
+            engine = "docker" if name == self.a else "podman"
+            with self.new_client(engine) as client:
+                reply, err = self.call("VolumeDriver.Remove", {"Name": name}, client)
+            if self.rule("remove", err is None, "%r removed (%s's request)" % (name, engine)
+                         if err is None else "%r: %s: `%s volume rm` fails and the engine keeps "
+                         "its record" % (name, err, engine)):
                 self.created.remove(name)
                 removed.append(name)
         for name in removed:
-            reply, err = self.call("VolumeDriver.Get", {"Name": name})
+            reply, err = self.call("VolumeDriver.Get", {"Name": name}, expect_error=True)
             gone = err is not None or reply.get("Volume") is None
             self.rule("get-removed", gone, "%r not found after Remove" % name if gone else
                       "Get still returns %r after Remove: the engine believes it still exists"
                       % reply.get("Volume"))
         if removed:
-            reply, err = self.call("VolumeDriver.List", {})
-            listed = [v.get("Name") for v in reply.get("Volumes") or [] if isinstance(v, dict)]
-            still = [name for name in removed if name in listed]
-            self.rule("list-removed", err is None and not still, "List no longer has them"
-                      if err is None and not still else "%s: `docker volume ls` still shows "
-                      "removed volumes" % (err or ", ".join(still)))
+            problem = self.listing_problem(removed, False)
+            self.rule("list-removed", problem is None, "List no longer has them" if problem is None
+                      else "%s: `docker volume ls` still shows removed volumes" % problem)
 
     def replies(self) -> None:
-        """Rules over every reply seen: status and JSON, CreatedAt, deadlines."""
-        bad_http, bad_time, slowest = None, None, (0.0, "", 1.0)
-        for method, status, raw, seconds in self.calls:
+        """Rules over every reply seen: errors, JSON, CreatedAt, deadlines."""
+        bad_http, bad_error, bad_time = None, None, None  # type: Optional[str], Optional[str], Optional[str]
+        slowest = (0.0, "", 1.0)
+        for method, engine, status, raw, seconds, expect_error in self.calls:
             reply = _parse_reply(raw)
-            if bad_http is None and (status != 200 or not isinstance(reply, dict)):
-                bad_http = ("%s answered HTTP %d with %r: the engine counts anything but a 200 "
-                            "with a JSON object as a failure (for Get: the volume is missing)"
-                            % (method, status, raw[:200]))
-            if isinstance(reply, dict):
+            err = reply.get("Err") if isinstance(reply, dict) else None
+            if status == 200 and err and bad_error is None:
+                bad_error = (
+                    "%s answered HTTP 200 with Err %r: Docker takes it as an error, but Podman "
+                    "looks only at the status and takes it as success (a refused Create leaves "
+                    "a volume Podman lists and the plugin lacks; a failed Mount makes Podman "
+                    "bind-mount the container's own directory). Answer errors with a non-200 "
+                    "status such as 500" % (method, err))
+            elif status != 200 and not err and bad_http is None:
+                bad_http = ("%s answered HTTP %d without an Err: %r. The engines show the raw "
+                            "body as the error" % (method, status, raw[:200]))
+            elif status == 200 and not isinstance(reply, dict) and bad_http is None:
+                bad_http = ("%s answered HTTP 200 with %r, not a JSON object: the engines count "
+                            "it as a failure" % (method, raw[:200]))
+            if isinstance(reply, dict) and status == 200:
                 volumes = reply.get("Volumes") if method.endswith(".List") else [reply.get("Volume")]
                 for volume in volumes if isinstance(volumes, list) else []:
                     problem = _created_at_problem(volume.get("CreatedAt")) if isinstance(
                         volume, dict) else None
                     if problem and bad_time is None:
                         bad_time = problem + (
-                            ": the engine fails to decode the List and shows none of this "
+                            ": Docker fails to decode the List and shows none of this "
                             "plugin's volumes" if method.endswith(".List") else
                             ": Docker will treat this volume as missing and delete its labels "
                             "and options")
-            deadline = CALL_DEADLINES.get(method, _DEFAULT_DEADLINE)
-            if method != "Plugin.Activate" and seconds / deadline > slowest[0] / slowest[2]:
-                slowest = (seconds, method, deadline)
-        self.rule("http", bad_http is None, bad_http or "every reply a 200 with a JSON object")
+            limit = self.deadline or min(CALL_DEADLINES.get(method, _DEFAULT_DEADLINE),
+                                         PODMAN_DEADLINE)
+            if method != "Plugin.Activate" and seconds / limit > slowest[0] / slowest[2]:
+                slowest = (seconds, method, limit)
+        self.rule("errors", bad_error is None, bad_error or
+                  "every error a non-200 with an Err, as Docker and Podman both read it")
+        self.rule("http", bad_http is None, bad_http or "every reply JSON, every failure with an Err")
         self.rule("created-at", bad_time is None,
                   bad_time or "every CreatedAt is RFC 3339 with a timezone, or absent")
-        seconds, method, deadline = slowest
-        quick = seconds <= deadline * self.deadline_share
-        self.rule("deadlines", quick, "slowest: %s in %.3fs (the engine allows %gs)"
-                  % (method, seconds, deadline) if quick else
-                  "%s took %.1fs, not well within the engine's %gs deadline: a call past it is "
-                  "abandoned, and a Mount or Create finished later is orphaned"
-                  % (method, seconds, deadline))
+        seconds, method, limit = slowest
+        deadlines = ("the deadline given" if self.deadline else
+                     "Podman allows %gs per call, Docker %gs" % (
+                         PODMAN_DEADLINE, CALL_DEADLINES.get(method, _DEFAULT_DEADLINE)))
+        quick = seconds <= limit * self.deadline_share
+        self.rule("deadlines", quick, "slowest: %s in %.3fs (%s)" % (method, seconds, deadlines)
+                  if quick else
+                  "%s took %.1fs, not well within %gs (%s): a call past the deadline is "
+                  "abandoned, and a Mount or Create finished later is orphaned. Podman's "
+                  "deadline is volume_plugin_timeout in containers.conf; check --deadline "
+                  "judges against another" % (method, seconds, limit, deadlines))
 
     def cleanup(self) -> None:
         """Undo our mounts and remove our scratch volumes, whatever happened."""
@@ -1718,7 +2127,7 @@ class _Checker(object):
         if not self.mounted and not self.created:
             return
         left = []
-        with PluginClient(self.address, timeout=30.0) as client:
+        with PluginClient(self.address, timeout=30.0, tls=self.tls) as client:
             for name, mount_id in self.mounted:
                 try:
                     client.unmount(name, mount_id)
@@ -1733,10 +2142,6 @@ class _Checker(object):
             self.rule("cleanup", False, "scratch volume left behind: %s" % "; ".join(left))
 
 
-class _ProbeFailed(Exception):
-    pass
-
-
 def _random_id() -> str:
     """A mount ID of the engine's form: 64 lower-case hex characters."""
     return os.urandom(32).hex()
@@ -1747,9 +2152,12 @@ def _print_check(results: "List[Dict[str, Any]]", as_json: bool) -> int:
     if as_json:
         sys.stdout.write(json.dumps({"passed": not failed, "results": results}, indent=2) + "\n")
     else:
+        counts = dict((status, 0) for status in ("pass", "fail", "skip", "warn"))
         for r in results:
-            sys.stdout.write("%s %s: %s\n" % ("PASS" if r["passed"] else "FAIL", r["rule"], r["detail"]))
-        sys.stdout.write("%d passed, %d failed\n" % (len(results) - failed, failed))
+            counts[r["status"]] += 1
+            sys.stdout.write("%s %s: %s\n" % (r["status"].upper(), r["rule"], r["detail"]))
+        sys.stdout.write("%(pass)d passed, %(fail)d failed, %(skip)d skipped, %(warn)d warned\n"
+                         % counts)
     return 1 if failed else 0
 
 
@@ -2152,7 +2560,13 @@ def _build_parser() -> "Any":
                               help="plugin name (found as the engine finds it) or an address: "
                                    "unix:///path, a socket path, tcp://host:port, http(s)://")
     check_parser.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE",
-                              help="option for the scratch volume created with an option map")
+                              help="option for the scratch volumes' Create (repeatable)")
+    check_parser.add_argument("--bad-opt", action="append", default=[], metavar="KEY=VALUE",
+                              help="an option the driver must refuse (repeatable); without it "
+                                   "that rule is skipped")
+    check_parser.add_argument("--deadline", type=float, metavar="SECONDS",
+                              help="judge every call against this deadline (default: Podman's "
+                                   "%gs, or Docker's own where that is shorter)" % PODMAN_DEADLINE)
     check_parser.add_argument("--json", action="store_true", help="print the results as JSON")
     check_parser.add_argument("--socket-dir", default=PLUGIN_SOCKET_DIR,
                               help="where to look for NAME.sock")
@@ -2162,15 +2576,23 @@ def _build_parser() -> "Any":
     return parser
 
 
-def _check_command(args: "Any") -> int:
+def _key_values(items: "List[str]", flag: str) -> "Dict[str, str]":
     options = {}
-    for item in args.opt:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise _UsageError("-o %r: expected KEY=VALUE" % item)
+            raise _UsageError("%s %r: expected KEY=VALUE" % (flag, item))
         options[key] = value
-    results = check_plugin(args.target, options, args.socket_dir,
-                           args.spec_dirs or PLUGIN_SPEC_DIRS)
+    return options
+
+
+def _check_command(args: "Any") -> int:
+    if args.deadline is not None and not args.deadline > 0:
+        raise _UsageError("--deadline %r: expected a number of seconds above 0" % args.deadline)
+    results = check_plugin(args.target, _key_values(args.opt, "-o"), args.socket_dir,
+                           args.spec_dirs or PLUGIN_SPEC_DIRS,
+                           bad_options=_key_values(args.bad_opt, "--bad-opt"),
+                           deadline=args.deadline)
     return _print_check(results, args.json)
 
 

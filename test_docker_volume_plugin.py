@@ -254,7 +254,7 @@ class PluginTests(QuietLogs, unittest.TestCase):
     def test_get_unknown_is_err_and_logged_quietly(self):
         with self.assertLogs("docker_volume_plugin", logging.DEBUG) as logs:
             status, reply = self.call("/VolumeDriver.Get", {"Name": "nope"})
-        self.assertEqual(status, 200)
+        self.assertEqual(status, 500)
         self.assertIn("no such volume", reply["Err"])
         self.assertEqual([r.levelno for r in logs.records], [logging.DEBUG])
 
@@ -303,7 +303,7 @@ class PluginTests(QuietLogs, unittest.TestCase):
         self.driver.create = raising(dvp.PluginError("quota of 3 volumes reached"))
         with self.assertLogs("docker_volume_plugin", logging.WARNING) as logs:
             self.assertEqual(self.call("/VolumeDriver.Create", {"Name": "v", "Opts": None}),
-                             (200, {"Err": "quota of 3 volumes reached"}))
+                             (500, {"Err": "quota of 3 volumes reached"}))
         self.assertIsNone(logs.records[0].exc_info)  # expected failure: no traceback
         self.assertEqual(self.call("/VolumeDriver.List", {}), (200, {"Volumes": []}))
 
@@ -311,7 +311,7 @@ class PluginTests(QuietLogs, unittest.TestCase):
         self.driver.remove = raising(OSError(5, "Input/output error"))
         with self.assertLogs("docker_volume_plugin", logging.ERROR) as logs:
             status, reply = self.call("/VolumeDriver.Remove", {"Name": "v"})
-        self.assertEqual(status, 200)
+        self.assertEqual(status, 500)
         self.assertEqual(reply["Err"], "OSError: [Errno 5] Input/output error")
         self.assertIsNotNone(logs.records[0].exc_info)
 
@@ -325,6 +325,14 @@ class PluginTests(QuietLogs, unittest.TestCase):
         self.assertEqual(mount.levelno, logging.INFO)
         self.assertIn("id='x\\n\\x1b[31m'", mount.getMessage())
         self.assertRegex(mount.getMessage(), r"^VolumeDriver\.Mount name='v' id=.* [0-9.]+ms ok$")
+
+    def test_first_activate_is_logged_at_info_and_repeats_at_debug(self):
+        # Podman activates in every command it runs: one INFO line, not one per command.
+        with self.assertLogs("docker_volume_plugin", logging.DEBUG) as logs:
+            for _ in range(3):
+                self.assertEqual(self.call("/Plugin.Activate"), (200, {"Implements": ["VolumeDriver"]}))
+        self.assertEqual([r.levelno for r in logs.records], [logging.INFO, logging.DEBUG, logging.DEBUG])
+        self.assertEqual(self.plugin.activations, 3)
 
     def test_bad_mountpoint_is_refused_and_undone(self):
         self.driver.volumes["v"] = {"Name": "v", "Mountpoint": "relative/path"}
@@ -375,7 +383,11 @@ class _FakeSocket(object):
     def setsockopt(self, *args):
         pass
 
-    def recv(self, size):
+    def recv(self, size, flags=0):
+        if flags & socket.MSG_PEEK:  # the client is still there, waiting
+            if not self.data:
+                raise BlockingIOError()
+            return self.data[:1]
         piece = self.data[:min(size, self.step or size)]
         self.data = self.data[len(piece):]
         return piece
@@ -468,6 +480,18 @@ class HandlerTests(QuietLogs, unittest.TestCase):
         self.assertEqual([r[0] for r in replies], [405, 200])
         self.assertEqual(replies[0][1]["allow"], "POST")
 
+    def test_method_other_than_post_is_405_whatever_its_headers(self):
+        # No length means no body for a GET (RFC 9112 6.3): not a 411.
+        replies = self.serve_bytes(b"GET /VolumeDriver.List HTTP/1.1\r\n\r\n" +
+                                   _docker_request("Plugin.Activate"))
+        self.assertEqual([r[0] for r in replies], [405, 200])
+        # A body that cannot be framed: still 405, then the connection closes.
+        replies = self.serve_bytes(b"DELETE /VolumeDriver.List HTTP/1.1\r\nContent-Length: x\r\n\r\n" +
+                                   _docker_request("Plugin.Activate"))
+        self.assertEqual([(r[0], r[1]["connection"]) for r in replies], [(405, "close")])
+        replies = self.serve_bytes(b"GET /nowhere HTTP/1.1\r\n\r\n")
+        self.assertEqual([r[0] for r in replies], [404])
+
 
 # -- a real threaded server on a Unix socket --------------------------------------
 
@@ -554,6 +578,33 @@ class UnixServerTests(QuietLogs, unittest.TestCase):
             self.driver.mount_gate.set()
             slow.join(5)
         self.assertEqual(results[-1], "/mnt/v")
+
+    def test_mount_nobody_waits_for_is_undone(self):
+        self.driver.create("v", {})
+        self.driver.mount_gate = threading.Event()
+        unmounted = []
+        self.driver.unmount = lambda name, mount_id: unmounted.append((name, mount_id))
+        body = json.dumps({"Name": "v", "ID": MOUNT_ID}).encode()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(self.path)
+        sock.sendall(_docker_request("VolumeDriver.Mount", body))
+        for _ in range(500):  # until the Mount is in the driver
+            if self.driver.calls.get("mount"):
+                break
+            time.sleep(0.01)
+        sock.close()  # the client gives up, as Podman does after 5 s
+        with self.assertLogs("docker_volume_plugin", logging.WARNING) as logs:
+            self.driver.mount_gate.set()
+            for _ in range(500):
+                if unmounted:
+                    break
+                time.sleep(0.01)
+        self.assertEqual(unmounted, [("v", MOUNT_ID)])
+        self.assertIn("hung up", "\n".join(logs.output))
+        # A Mount whose reply arrives is never undone.
+        with dvp.PluginClient("unix://" + self.path) as client:
+            self.assertEqual(client.mount("v", MOUNT_ID), "/mnt/v")
+        self.assertEqual(len(unmounted), 1)
 
     def test_burst_of_connections_fits_the_backlog(self):
         # The engine connects in bursts (restoring volumes at start); with
@@ -834,7 +885,8 @@ class SignalTests(unittest.TestCase):
             self.assertEqual(client.activate(), ["VolumeDriver"])
             with self.assertRaises(dvp.PluginCallError) as caught:
                 client.capabilities()
-            self.assertEqual(str(caught.exception), "capabilities from the test driver")
+            self.assertEqual(str(caught.exception),
+                             "VolumeDriver.Capabilities: capabilities from the test driver")
         proc.send_signal(signal.SIGTERM)
         self.assertEqual(proc.wait(10), 0)
         self.assertFalse(os.path.exists(spec))
@@ -1145,20 +1197,40 @@ class KillTests(unittest.TestCase):
 
 
 class CheckableDriver(MemoryDriver):
-    """The fake driver, with mountpoints that exist on this host."""
+    """The fake driver, with mountpoints on this host and mounts counted per ID."""
 
     def __init__(self, base):
         MemoryDriver.__init__(self)
         self.base = base
+        self.mounts = {}  # name -> {mount ID: count}
 
     def create(self, name, options):
         MemoryDriver.create(self, name, options)
         self.volumes[name]["Mountpoint"] = os.path.join(self.base, name)
 
+    def remove(self, name):
+        if self.mounts.get(name):
+            raise dvp.PluginError("volume %s is in use" % name)
+        MemoryDriver.remove(self, name)
+
     def mount(self, name, mount_id):
+        if name not in self.volumes:
+            raise dvp.VolumeNotFound("no such volume: %s" % name)
         path = MemoryDriver.mount(self, name, mount_id)
         os.makedirs(path, exist_ok=True)
+        counts = self.mounts.setdefault(name, {})
+        counts[mount_id] = counts.get(mount_id, 0) + 1
         return path
+
+    def unmount(self, name, mount_id):
+        MemoryDriver.unmount(self, name, mount_id)
+        if name not in self.volumes:
+            raise dvp.VolumeNotFound("no such volume: %s" % name)
+        counts = self.mounts.get(name, {})
+        if counts.get(mount_id, 0) > 1:
+            counts[mount_id] -= 1
+        else:
+            counts.pop(mount_id, None)
 
 
 class _OneAtATime(dvp._PluginServerMixin, socketserver.UnixStreamServer):
@@ -1201,11 +1273,13 @@ class CheckerTests(QuietLogs, unittest.TestCase):
         self.assertEqual(self.failures(results), [])
         rules = [r["rule"] for r in results]
         for rule in ("reachable", "activate", "capabilities", "get-unknown", "create", "get",
-                     "list", "mount", "path", "unmount", "concurrency", "remove", "get-removed",
-                     "list-removed", "http", "created-at", "deadlines"):
+                     "list", "mount", "path", "mount-counting", "unmount", "concurrency", "lock",
+                     "unknown-volume", "podman", "remove", "get-removed", "list-removed",
+                     "errors", "http", "created-at", "deadlines"):
             self.assertIn(rule, rules)
         self.assertEqual(list(self.driver.volumes), ["keep"])  # scratch volumes gone
-        self.assertEqual(self.driver.calls["mount"], 1 + 4)  # ours: 3 + the held probe
+        self.assertEqual(self.driver.mounts["keep"], {MOUNT_ID: 1})
+        self.assertEqual(sum(sum(c.values()) for c in self.driver.mounts.values()), 1)
 
     def test_passes_the_builtin_driver(self):
         driver = dvp.DirectoryDriver(os.path.join(self.dir, "root"))
@@ -1274,7 +1348,7 @@ class CheckerTests(QuietLogs, unittest.TestCase):
             def handle(self, path, body):
                 status, reply = dvp.Plugin.handle(self, path, body)
                 return (201 if path == "/VolumeDriver.Capabilities" else status), reply
-        self.assert_fails("http", "anything but a 200", self.check(Status201(self.driver)))
+        self.assert_fails("http", "answered HTTP 201 without an Err", self.check(Status201(self.driver)))
 
     def test_created_at_without_timezone(self):
         plugin = dvp.Plugin(self.driver)
@@ -1287,6 +1361,67 @@ class CheckerTests(QuietLogs, unittest.TestCase):
         self.assert_fails("created-at", "CreatedAt '2024-01-01T00:00:00' has no timezone: Docker "
                           "will treat this volume as missing and delete its labels and options",
                           self.check(plugin))
+
+    def test_errors_answered_200_fail_for_podman_and_500_pass(self):
+        class Errors200(dvp.Plugin):  # what this module did before, and many plugins do
+            def handle(self, path, body):
+                status, reply = dvp.Plugin.handle(self, path, body)
+                return (200 if status == 500 else status), reply
+        self.assert_fails("errors", "Podman looks only at the status", self.check(Errors200(self.driver)))
+
+    def test_bad_option_skipped_refused_or_accepted(self):
+        statuses = lambda results: [r["status"] for r in results if r["rule"] == "bad-option"]
+        self.assertEqual(statuses(self.check()), ["skip"])
+        self.assert_fails("bad-option", "Create with color=blue succeeded",
+                          dvp.check_plugin(self.sock, bad_options={"color": "blue"}))
+        real_create = self.driver.create
+
+        def strict_create(name, options):
+            if "color" in options:
+                raise dvp.PluginError("unknown option color")
+            real_create(name, options)
+        self.driver.create = strict_create
+        results = dvp.check_plugin(self.sock, options={"size": "1G"}, bad_options={"color": "blue"})
+        self.assertEqual(self.failures(results), [])
+        self.assertEqual(statuses(results), ["pass"])
+        self.assertEqual(self.driver.volumes, {})
+
+    def test_options_go_to_the_volume_that_is_mounted(self):
+        real_create = self.driver.create
+        self.driver.create = lambda name, options: (
+            real_create(name, options) if options.get("size") else raising(
+                dvp.PluginError("option size is required"))())
+        self.assertEqual(self.failures(self.check(options={"size": "1G"})), [])
+        self.assert_fails("create", "option size is required", dvp.check_plugin(self.sock))
+
+    def test_unsafe_names_warn_unless_refused(self):
+        results = self.check()
+        warned = [r for r in results if r["rule"] == "unsafe-names"]
+        self.assertEqual([(r["status"], r["passed"]) for r in warned], [("warn", True)])
+        self.assertIn("'..'", warned[0]["detail"])
+        driver = dvp.DirectoryDriver(os.path.join(self.dir, "root"))
+        self.addCleanup(driver.close)
+        self.sock = os.path.join(self.dir, "q.sock")
+        self.assertEqual([r["status"] for r in self.check(driver) if r["rule"] == "unsafe-names"],
+                         ["pass"])
+
+    def test_mount_of_unknown_volume_succeeds(self):
+        self.driver.mount = lambda name, mount_id: self.dir
+        self.assert_fails("unknown-volume", "belongs to no volume", self.check())
+
+    def test_global_lock_held_across_a_slow_mount(self):
+        big_lock, real_get = threading.Lock(), self.driver.get
+
+        def slow_mount(name, mount_id):
+            with big_lock:
+                time.sleep(0.3)
+                return CheckableDriver.mount(self.driver, name, mount_id)
+
+        def locked_get(name):
+            with big_lock:
+                return real_get(name)
+        self.driver.mount, self.driver.get = slow_mount, locked_get
+        self.assert_fails("lock", "holds one lock for all volumes", self.check())
 
     def test_slow_call(self):
         real_create = self.driver.create
@@ -1312,12 +1447,84 @@ class CheckerTests(QuietLogs, unittest.TestCase):
         self.assertEqual(result.returncode, 0)
         report = json.loads(result.stdout)
         self.assertTrue(report["passed"])
-        self.driver.list = lambda: []
+        self.driver.path = lambda name: "/elsewhere"
         result = subprocess.run([sys.executable, MODULE, "check", self.sock], stdout=subprocess.PIPE,
                                 universal_newlines=True, timeout=60)
         self.assertEqual(result.returncode, 1)
-        self.assertIn("FAIL list:", result.stdout)
-        self.assertRegex(result.stdout, r"\n\d+ passed, 1 failed\n$")
+        self.assertIn("FAIL path:", result.stdout)
+        self.assertRegex(result.stdout, r"\n\d+ passed, 1 failed, 1 skipped, 1 warned\n$")
+        self.assertIn("SKIP bad-option: no --bad-opt given", result.stdout)
+        self.assertIn("WARN unsafe-names: Create accepted", result.stdout)
+
+
+class SetOfIDs(CheckableDriver):
+    """Counts mounts as a set of IDs, and tears the directory down when it empties."""
+
+    def mount(self, name, mount_id):
+        path = CheckableDriver.mount(self, name, mount_id)
+        self.mounts[name][mount_id] = 1
+        return path
+
+    def unmount(self, name, mount_id):
+        CheckableDriver.unmount(self, name, mount_id)
+        if not self.mounts.get(name):
+            shutil.rmtree(self.volumes[name]["Mountpoint"], True)
+
+
+class ByName(CheckableDriver):
+    """Counts mounts per volume, whatever the ID."""
+
+    def mount(self, name, mount_id):
+        return CheckableDriver.mount(self, name, "any")
+
+    def unmount(self, name, mount_id):
+        CheckableDriver.unmount(self, name, "any")
+
+
+class IgnoresIDOnUnmount(CheckableDriver):
+    """Counts per ID on Mount, but Unmount releases the latest ID, not the one named."""
+
+    def unmount(self, name, mount_id):
+        counts = self.mounts.get(name) or {"none": 1}
+        CheckableDriver.unmount(self, name, list(counts)[-1])
+
+
+class MountCountingTests(QuietLogs, unittest.TestCase):
+    """check's rule for the most common plugin bug: mounts not counted per ID."""
+
+    def check(self, driver):
+        base = temp_dir(self)
+        sock = os.path.join(base, "p.sock")
+        server = dvp.UnixPluginServer(sock, driver).start()
+        self.addCleanup(server.stop, 1.0)
+        results = dvp.check_plugin(sock)
+        return dict((r["rule"], r) for r in results if r["rule"] == "mount-counting")["mount-counting"]
+
+    def test_broken_counting_is_named(self):
+        for driver_class, mistake in (
+                (SetOfIDs, "counts mount IDs as a set"),
+                (ByName, "counts mounts by name"),
+                (IgnoresIDOnUnmount, "ignores the ID on Unmount")):
+            result = self.check(driver_class(temp_dir(self)))
+            self.assertEqual(result["status"], "fail", driver_class)
+            self.assertIn(mistake, result["detail"], driver_class)
+            self.assertIn("A running container loses its data", result["detail"])
+
+    def test_one_flag_per_volume_is_named(self):
+        class Flag(CheckableDriver):
+            def unmount(self, name, mount_id):
+                self.mounts[name] = {}
+        result = self.check(Flag(temp_dir(self)))
+        self.assertIn("one mounted flag per volume", result["detail"])
+
+    def test_correct_drivers_pass(self):
+        driver = dvp.DirectoryDriver(temp_dir(self))
+        self.addCleanup(driver.close)
+        self.assertEqual(self.check(driver)["status"], "pass")
+        self.assertEqual(self.check(CheckableDriver(temp_dir(self)))["status"], "pass")
+        namespace = {}
+        exec(readme_example().replace('__name__ == "__main__"', "False"), namespace)
+        self.assertEqual(self.check(namespace["MemoryDriver"]())["status"], "pass")
 
 
 class LookupTests(unittest.TestCase):
@@ -1515,7 +1722,8 @@ class CommandLineTests(unittest.TestCase):
         log_text = proc.stderr.read()
         self.assertIn("WARNING", log_text)
         self.assertNotIn("Traceback", log_text)
-        self.assertEqual(str(caught.exception), "capabilities from the test driver")
+        self.assertEqual(str(caught.exception),
+                             "VolumeDriver.Capabilities: capabilities from the test driver")
 
 
 # -- README --------------------------------------------------------------------------
