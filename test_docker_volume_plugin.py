@@ -1536,6 +1536,12 @@ class LookupTests(unittest.TestCase):
         self.etc, self.lib = os.path.join(self.dir, "etc"), os.path.join(self.dir, "lib")
         for directory in (self.sockets, self.etc, self.lib):
             os.mkdir(directory)
+        # Podman's configuration: only what a test writes here.
+        self.podman_conf = os.path.join(self.dir, "containers.conf")
+        previous = os.environ.get("CONTAINERS_CONF")
+        os.environ["CONTAINERS_CONF"] = self.podman_conf
+        self.addCleanup(lambda: os.environ.pop("CONTAINERS_CONF") if previous is None
+                        else os.environ.__setitem__("CONTAINERS_CONF", previous))
 
     def find(self, name="p"):
         return dvp.find_plugin(name, self.sockets, (self.etc, self.lib))
@@ -1561,6 +1567,20 @@ class LookupTests(unittest.TestCase):
         self.assertFalse(results[0]["passed"])
         self.assertIn("no socket p.sock in %s" % self.sockets, results[0]["detail"])
         self.assertIn("not found", results[0]["detail"])
+
+    def test_podman_containers_conf_after_docker(self):
+        self.write(self.podman_conf, '[engine]\nvolume_plugin_timeout = 9\n\n[engine.volume_plugins]\n'
+                   'other = "/x.sock"\np = "/old/p.sock"  # replaced by the drop-in\n')
+        drop_in = os.path.join(self.podman_conf + ".d", "10-p.conf")
+        self.write(drop_in, '[ engine.volume_plugins ]\n"p" = "/run/p.sock"\n[containers]\np = "/no"\n')
+        lookup = self.find()
+        self.assertEqual((lookup.address, lookup.source), ("unix:///run/p.sock", "Podman's " + drop_in))
+        self.assertIsNone(self.find("q").address)
+        self.assertIn("no q in [engine.volume_plugins] of Podman's %s" % self.podman_conf,
+                      self.find("q").problems[0])
+        self.write(os.path.join(self.etc, "p.spec"), "tcp://127.0.0.1:7\n")  # Docker's comes first
+        self.assertEqual(self.find().address, "tcp://127.0.0.1:7")
+        self.assertIn("Docker's plugin directories", self.find().source)
 
     def test_engine_search_order(self):
         self.write(os.path.join(self.lib, "p.spec"), "tcp://127.0.0.1:3\n")
@@ -1971,7 +1991,10 @@ class EngineTests(unittest.TestCase):
         name, _, _ = self.start_plugin(extra=["--driver", module + ":Refusing"])
         result = self.docker("volume", "create", "-d", name, "nope", check=False)
         self.assertNotEqual(result.returncode, 0)
-        self.assertIn("quota exceeded: tenant blue may have 3 volumes", result.stderr)
+        # A 500 + Err, shown as every Go plugin's errors are (moby pkg/plugins/client.go).
+        self.assertIn("VolumeDriver.Create: quota exceeded: tenant blue may have 3 volumes",
+                      result.stderr)
+        self.assertEqual(self.listed(name), [])
 
     def test_names_that_escape_the_root_are_refused(self):
         name, root, _ = self.start_plugin()
@@ -2051,6 +2074,257 @@ class EngineTests(unittest.TestCase):
         read = self.run_container(name, "--rm", "-v", "survivor:/data", IMAGE, "cat", "/data/f")
         self.assertEqual(read.stdout, "x\n")
 
+
+
+# -- Podman: the second engine ---------------------------------------------------------
+
+SLOW_DIRS_DRIVER = """
+import os, time, docker_volume_plugin as dvp
+
+class SlowDirs(dvp.DirectoryDriver):
+    '''The directory driver, with a Mount slower than the engine waits.'''
+    def __init__(self):
+        dvp.DirectoryDriver.__init__(self, os.environ["DVP_SLOW_ROOT"])
+    def mount(self, name, mount_id):
+        time.sleep(float(os.environ["DVP_MOUNT_SECONDS"]))
+        return dvp.DirectoryDriver.mount(self, name, mount_id)
+"""
+
+
+def _podman_problem():
+    """Why the Podman tests cannot run here, or None."""
+    if os.environ.get("DVP_ENGINE_TESTS") == "skip":
+        return "DVP_ENGINE_TESTS=skip"
+    if os.geteuid() != 0:
+        return "needs root (rootful Podman)"
+    if not os.environ.get("DVP_PODMAN_DIR") or not os.environ.get("CONTAINERS_CONF"):
+        return "no private Podman: eval \"$(.ci/podman start)\""
+    try:
+        if subprocess.run(["podman", "image", "exists", IMAGE], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, timeout=60).returncode != 0:
+            return "no image %s in Podman (.ci/podman start imports it)" % IMAGE
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return "cannot run podman: %s" % exc
+    return None
+
+
+class PodmanTests(unittest.TestCase):
+    """Plugins served by the command line, driven through the podman command.
+
+    Each test gets its own plugin name and socket, listed in its own copy of
+    the private containers.conf from .ci/podman; Podman asks plugins only
+    through that file.
+    """
+
+    counter = 0
+
+    @classmethod
+    def setUpClass(cls):
+        problem = _podman_problem()
+        if problem is not None:
+            if os.environ.get("DVP_ENGINE_TESTS") == "require":
+                raise AssertionError("Podman tests required but cannot run: " + problem)
+            raise unittest.SkipTest(problem)
+
+    def setUp(self):
+        self.base = temp_dir(self, prefix="dvp-podman-")
+        PodmanTests.counter += 1
+        self.name = "dvpp%d-%d" % (os.getpid(), PodmanTests.counter)
+        self.sock = os.path.join(self.base, "plugin.sock")
+        self.root = os.path.join(self.base, "root")
+        self.plugin_log = os.path.join(self.base, "plugin.log")
+        with open(os.environ["CONTAINERS_CONF"]) as f:
+            config = f.read()
+        self.conf = os.path.join(self.base, "containers.conf")
+        with open(self.conf, "w") as f:
+            f.write(config + '\n[engine.volume_plugins]\n%s = "%s"\n' % (self.name, self.sock))
+
+    def podman(self, *args, **kwargs):
+        check = kwargs.pop("check", True)
+        result = subprocess.run(["podman"] + list(args), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, universal_newlines=True, timeout=120,
+                                env=dict(os.environ, CONTAINERS_CONF=self.conf))
+        if check and result.returncode != 0:
+            raise AssertionError("podman %s failed (%d): %s" % (" ".join(args), result.returncode,
+                                                                 result.stderr.strip()))
+        return result
+
+    def start_plugin(self, extra=(), env=None):
+        """Serve the plugin from the command line, as users do; returns the process."""
+        args = [sys.executable, MODULE, "serve", "--name", self.name, "--socket", self.sock,
+                "--log-level", "DEBUG"] + (list(extra) or ["--root", self.root])
+        with open(self.plugin_log, "a") as log_file:
+            proc = _spawn(self, args, stderr=log_file,
+                          env=dict(os.environ, PYTHONPATH=HERE, **(env or {})))
+        self.addCleanup(self._stop_plugin, proc)
+        self.addCleanup(self._remove_podman_objects)  # runs first, while the plugin serves
+        _wait_for_socket(self.sock, proc)
+        return proc
+
+    def _stop_plugin(self, proc):
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(15)
+
+    def _remove_podman_objects(self):
+        containers = self.podman("ps", "-aq", "--filter", "label=dvp-test=" + self.name, check=False)
+        for container in containers.stdout.split():
+            self.podman("rm", "-f", "-t", "0", container, check=False)
+        for volume in self.podman_volumes():
+            self.podman("volume", "rm", "-f", volume, check=False)
+
+    def run_container(self, *args, **kwargs):
+        return self.podman("run", "--label", "dvp-test=" + self.name, *args, **kwargs)
+
+    def podman_volumes(self):
+        return sorted(self.podman("volume", "ls", "-q", "--filter", "driver=" + self.name,
+                                  check=False).stdout.split())
+
+    def plugin_volumes(self):
+        with dvp.PluginClient(self.sock) as client:
+            return sorted(v["Name"] for v in client.list())
+
+    def assert_views_agree(self, expected):
+        self.assertEqual(self.podman_volumes(), sorted(expected))
+        self.assertEqual(self.plugin_volumes(), sorted(expected))
+
+    def status(self, volume):
+        with dvp.PluginClient(self.sock) as client:
+            return client.get(volume)["Status"]
+
+    def test_create_with_options_write_read_and_two_containers(self):
+        self.start_plugin()
+        self.podman("volume", "create", "--driver", self.name, "-o", "uid=1000", "-o", "mode=0750",
+                    "data")
+        st = os.stat(os.path.join(self.root, "data"))
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_uid), (0o750, 1000))
+        info = json.loads(self.podman("volume", "inspect", "data").stdout)[0]
+        self.assertEqual(info["Driver"], self.name)
+        self.assertEqual(info["Status"], {"options": {"mode": "0750", "uid": "1000"}, "mounts": 0})
+        self.run_container("--rm", "-v", "data:/data", IMAGE, "sh", "-c", "echo one > /data/f")
+        read = self.run_container("--rm", "-v", "data:/data", IMAGE, "cat", "/data/f")
+        self.assertEqual(read.stdout, "one\n")
+        for container in ("a", "b"):
+            self.run_container("-d", "--name", "%s-%s" % (self.name, container), "-v", "data:/data",
+                               IMAGE, "sleep", "300")
+        # Podman counts its users itself and mounts once, with one ID.
+        self.assertEqual(self.status("data")["mounts"], 1)
+        self.podman("stop", "-t", "0", self.name + "-a")
+        self.podman("exec", self.name + "-b", "sh", "-c", "echo two > /data/g")
+        with open(os.path.join(self.root, "data", "g")) as f:
+            self.assertEqual(f.read(), "two\n")
+        self.assertEqual(self.status("data")["mounts"], 1)
+        self.podman("stop", "-t", "0", self.name + "-b")
+        self.assertEqual(self.status("data")["mounts"], 0)
+        self.assert_views_agree(["data"])
+
+    def test_rm_prune_and_reload(self):
+        self.start_plugin()
+        for volume in ("one", "two"):
+            self.podman("volume", "create", "--driver", self.name, volume)
+        self.assert_views_agree(["one", "two"])
+        self.podman("volume", "rm", "one")
+        self.assert_views_agree(["two"])
+        self.assertFalse(os.path.exists(os.path.join(self.root, "one")))
+        self.podman("volume", "prune", "-f")  # unlike Docker's, Podman's prune reaches plugins
+        self.assert_views_agree([])
+        with dvp.PluginClient(self.sock) as client:
+            client.create("outside", {})  # made behind Podman's back
+        self.assertEqual(self.podman_volumes(), [])
+        self.podman("volume", "reload")
+        self.assert_views_agree(["outside"])
+        with dvp.PluginClient(self.sock) as client:
+            client.remove("outside")
+        self.podman("volume", "reload")
+        self.assert_views_agree([])
+
+    def test_every_refusal_fails_the_command_and_both_views_agree(self):
+        self.start_plugin()
+        result = self.podman("volume", "create", "--driver", self.name, "-o", "bogus=1", "bad",
+                             check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("unknown option(s) 'bogus'", result.stderr)
+        self.assert_views_agree([])
+        long_name = "n" * (dvp.MAX_VOLUME_NAME + 1)  # Podman's own name check lets it through
+        result = self.podman("volume", "create", "--driver", self.name, long_name, check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("invalid volume name", result.stderr)
+        self.assert_views_agree([])
+        # A Mount that fails: the container must not start on anything else.
+        self.podman("volume", "create", "--driver", self.name, "broken")
+        os.rmdir(os.path.join(self.root, "broken"))
+        result = self.run_container("--rm", "-v", "broken:/data", IMAGE, "sh", "-c",
+                                    "touch /data/written", check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("is missing; not mounting an empty one", result.stderr)
+        self.assert_views_agree(["broken"])
+        self.podman("volume", "rm", "broken")
+        self.assert_views_agree([])
+        # A Remove the plugin refuses: another engine still has the volume mounted.
+        self.podman("volume", "create", "--driver", self.name, "held")
+        with dvp.PluginClient(self.sock) as client:
+            client.mount("held", MOUNT_ID)
+        result = self.podman("volume", "rm", "held", check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("is in use", result.stderr)
+        self.assert_views_agree(["held"])
+        self.assertTrue(os.path.isdir(os.path.join(self.root, "held")))
+        with dvp.PluginClient(self.sock) as client:
+            client.unmount("held", MOUNT_ID)
+        self.podman("volume", "rm", "held")
+        self.assert_views_agree([])
+
+    def test_plugin_restarted_and_stopped(self):
+        proc = self.start_plugin()
+        self.podman("volume", "create", "--driver", self.name, "-o", "mode=0700", "kept")
+        self.run_container("--rm", "-v", "kept:/data", IMAGE, "sh", "-c", "echo precious > /data/f")
+        proc.terminate()
+        self.assertEqual(proc.wait(15), 0)
+        result = self.run_container("--rm", "-v", "kept:/data", IMAGE, "cat", "/data/f", check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("plugin %s" % self.name, result.stderr)  # says which plugin is missing
+        proc = self.start_plugin()
+        read = self.run_container("--rm", "-v", "kept:/data", IMAGE, "cat", "/data/f")
+        self.assertEqual(read.stdout, "precious\n")
+        proc.kill()  # a stale socket now: Podman fails at once, no retry loop
+        proc.wait()
+        started = time.time()
+        result = self.podman("volume", "inspect", "kept", check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertLess(time.time() - started, 10)
+        self.start_plugin()
+        self.assertEqual(self.status("kept")["options"], {"mode": "0700"})
+        self.assert_views_agree(["kept"])
+
+    def test_mount_past_podman_deadline_is_undone(self):
+        module = os.path.join(self.base, "slowdirs.py")
+        with open(module, "w") as f:
+            f.write(SLOW_DIRS_DRIVER)
+        self.start_plugin(extra=["--driver", module + ":SlowDirs"],
+                          env={"DVP_SLOW_ROOT": self.root, "DVP_MOUNT_SECONDS": "2.5"})
+        # Podman's per-volume deadline (default 5 s), lowered to keep the test short.
+        self.podman("volume", "create", "--driver", self.name, "-o", "o=timeout=1", "slow")
+        result = self.run_container("--rm", "-v", "slow:/data", IMAGE, "true", check=False)
+        self.assertNotEqual(result.returncode, 0)
+        for _ in range(100):
+            with open(self.plugin_log) as f:
+                if "undone" in f.read():
+                    break
+            time.sleep(0.1)
+        with open(self.plugin_log) as f:
+            self.assertIn("undone: the client hung up", f.read())
+        self.assertEqual(self.status("slow")["mounts"], 0)  # removable again
+        self.podman("volume", "rm", "slow")
+        self.assert_views_agree([])
+
+    def test_check_finds_the_plugin_in_containers_conf(self):
+        self.start_plugin()
+        result = subprocess.run([sys.executable, MODULE, "check", self.name], stdout=subprocess.PIPE,
+                                universal_newlines=True, timeout=120,
+                                env=dict(os.environ, CONTAINERS_CONF=self.conf))
+        self.assertEqual(result.returncode, 0, result.stdout)
+        self.assertIn("PASS reachable: unix://%s, from Podman's %s" % (self.sock, self.conf),
+                      result.stdout)
 
 
 if __name__ == "__main__":
