@@ -1824,6 +1824,24 @@ def _engine_problem():
     return None
 
 
+def _skip_or_fail(what, problem):
+    """Skip when an engine is missing, or fail in CI (DVP_ENGINE_TESTS=require)."""
+    if problem is not None:
+        if os.environ.get("DVP_ENGINE_TESTS") == "require":
+            raise AssertionError("%s required but cannot run: %s" % (what, problem))
+        raise unittest.SkipTest(problem)
+
+
+def _command(argv, check=True, timeout=120, env=None):
+    """Run an engine's command line; with ``check``, fail the test on an error."""
+    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True, timeout=timeout, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError("%s failed (%d): %s" % (" ".join(argv), result.returncode,
+                                                     result.stderr.strip()))
+    return result
+
+
 class EngineTests(unittest.TestCase):
     """Plugins started from the command line, driven through the docker CLI.
 
@@ -1837,23 +1855,13 @@ class EngineTests(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        problem = _engine_problem()
-        if problem is not None:
-            if os.environ.get("DVP_ENGINE_TESTS") == "require":
-                raise AssertionError("engine tests required but cannot run: " + problem)
-            raise unittest.SkipTest(problem)
+        _skip_or_fail("engine tests", _engine_problem())
 
     def setUp(self):
         self.base = temp_dir(self, prefix="dvp-engine-")
 
     def docker(self, *args, **kwargs):
-        check = kwargs.pop("check", True)
-        result = subprocess.run([DOCKER] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                universal_newlines=True, timeout=kwargs.pop("timeout", 120))
-        if check and result.returncode != 0:
-            raise AssertionError("docker %s failed (%d): %s" % (" ".join(args), result.returncode,
-                                                                 result.stderr.strip()))
-        return result
+        return _command([DOCKER] + list(args), **kwargs)
 
     def start_plugin(self, name=None, root=None, extra=()):
         """Start the command line as users do; returns (name, root, process)."""
@@ -2120,11 +2128,7 @@ class PodmanTests(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        problem = _podman_problem()
-        if problem is not None:
-            if os.environ.get("DVP_ENGINE_TESTS") == "require":
-                raise AssertionError("Podman tests required but cannot run: " + problem)
-            raise unittest.SkipTest(problem)
+        _skip_or_fail("Podman tests", _podman_problem())
 
     def setUp(self):
         self.base = temp_dir(self, prefix="dvp-podman-")
@@ -2140,14 +2144,8 @@ class PodmanTests(unittest.TestCase):
             f.write(config + '\n[engine.volume_plugins]\n%s = "%s"\n' % (self.name, self.sock))
 
     def podman(self, *args, **kwargs):
-        check = kwargs.pop("check", True)
-        result = subprocess.run(["podman"] + list(args), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, universal_newlines=True, timeout=120,
-                                env=dict(os.environ, CONTAINERS_CONF=self.conf))
-        if check and result.returncode != 0:
-            raise AssertionError("podman %s failed (%d): %s" % (" ".join(args), result.returncode,
-                                                                 result.stderr.strip()))
-        return result
+        return _command(["podman"] + list(args), env=dict(os.environ, CONTAINERS_CONF=self.conf),
+                        **kwargs)
 
     def start_plugin(self, extra=(), env=None):
         """Serve the plugin from the command line, as users do; returns the process."""
