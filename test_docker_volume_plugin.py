@@ -1673,6 +1673,18 @@ class CheckerTests(QuietLogs, unittest.TestCase):
                 return (201 if path == "/VolumeDriver.Capabilities" else status), reply
         self.assert_fails("http", "answered HTTP 201 without an Err", self.check(Status201(self.driver)))
 
+    def test_non_finite_number_in_a_reply(self):
+        plugin = dvp.Plugin(self.driver)
+
+        def nan_get(request):
+            if request["Name"] not in self.driver.volumes:
+                raise dvp.VolumeNotFound("no such volume")
+            return b'{"Volume":{"Name":"%s","Status":{"size":NaN}}}' % request["Name"].encode()
+        plugin.add_route("/VolumeDriver.Get", nan_get, read_only=True)
+        results = self.check(plugin)
+        self.assert_fails("http", "not a JSON object", results)
+        self.assert_fails("get", "treats the volume as missing", results)
+
     def test_created_at_without_timezone(self):
         plugin = dvp.Plugin(self.driver)
 
