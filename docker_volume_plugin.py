@@ -287,9 +287,12 @@ def _error_text(exc: BaseException) -> str:
 _CREATE_FLAGS = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _write_file_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
+def _write_file_atomically(path: str, data: bytes, mode: int = 0o644,
+                           durable: bool = True) -> None:
     """Replace ``path`` so that a reader, or a crash, never sees half a file.
 
+    ``durable`` also makes it survive power loss (fsync of the file and its
+    directory); without, it survives the process being killed.
     The temporary file is created new (``O_EXCL``, ``O_NOFOLLOW``): whatever
     stands at its name (a crash's leftover, a planted link) is unlinked, never
     written through.
@@ -307,7 +310,8 @@ def _write_file_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
             while view:  # a large write may be partial
                 view = view[os.write(fd, view):]
             os.fchmod(fd, mode)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -317,7 +321,8 @@ def _write_file_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
         except OSError:
             pass
         raise
-    _fsync_directory(directory)
+    if durable:
+        _fsync_directory(directory)
 
 
 def _make_directories(path: str, mode: int) -> None:
@@ -2404,207 +2409,338 @@ def _print_check(results: "List[Dict[str, Any]]", as_json: bool) -> int:
 
 
 ###############################################################################
-# Built-in driver: a directory per volume ####################################
+# Drivers with the bookkeeping done: Driver, and DirectoryDriver on it #######
 ###############################################################################
 
-#: The names Docker's own ``local`` driver accepts; they cover the 64-hex
-#: anonymous names. Plugin names are not validated by Docker (PROTOCOL 3.0).
+#: The names Docker's own ``local`` driver accepts (moby volume/local/local.go);
+#: they cover the 64-hex anonymous names. The engines pass plugin volume names
+#: unchecked (moby volume/mounts/linux_parser.go), so a driver must check them.
 _VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
-#: Longest volume name, in characters: a directory name must fit NAME_MAX.
+#: Longest volume name, in characters: a file name must fit NAME_MAX.
 MAX_VOLUME_NAME = 200
-_STATE_FILE = ".docker-volume-plugin.json"
-_LOCK_FILE = ".docker-volume-plugin.lock"
-_TRASH_PREFIX = ".removing-"
-_STATE_VERSION = 1
-_DIRECTORY_OPTIONS = ("gid", "mode", "uid")
-#: Octal permissions, the sticky bit at most: setuid and setgid are refused.
-_MODE = re.compile(r"0?1?[0-7]{1,3}\Z")
-#: Digits accepted in a uid or gid: 4294967294 has ten.
+#: Digits accepted in a number option: 4294967294 has ten.
 _MAX_ID_DIGITS = 10
 _BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+_RECORD_VERSION = 2
+#: Where boot-scoped state (mount counts, the lock) lives when run as root.
+_RUN_DIR = "/run/docker-volume-plugin"
+_SIZE = re.compile(r"([0-9]{1,15})([kKmMgGtT]?)[bB]?\Z")
 
 
-class DirectoryDriver(object):
-    """Each volume is a directory under ``root``; its state survives anything.
+def uint_option(value: str) -> int:
+    """An option parser: a whole number from 0 to 4294967294 (a uid, a gid)."""
+    if not _DIGITS.match(value) or len(value) > _MAX_ID_DIGITS or int(value) > 0xFFFFFFFE:
+        raise ValueError("must be a number from 0 to 4294967294")
+    return int(value)
 
-    Options: ``uid``, ``gid`` (numbers) and ``mode`` (octal, default 0755) of
-    the volume's directory. The set of volumes, their options, creation times
-    and mount counts live in ``root/.docker-volume-plugin.json``, replaced
-    atomically (temporary file, fsync, rename, fsync of the directory) on
-    every change, so a restart or a ``kill -9`` at any instant loses nothing
-    that was answered. Mounts are counted per mount ID, and a volume with any
-    mount left cannot be removed. Calls for one volume are serialised; calls
-    for different volumes run in parallel. A lock file keeps a second process
-    off the same root.
 
-    On start it reconciles its state with the directories under ``root``: it
-    adopts volume directories it does not know (a create cut short), finishes
-    or rolls back a remove cut short, forgets mount counts from before a
-    reboot (no container survives one), and reports a volume whose directory
-    has vanished in its ``Status`` and refuses to mount it rather than hand a
-    container an empty directory.
+def mode_option(value: str) -> int:
+    """An option parser: octal permissions from 0 to 1777 (setuid and setgid refused)."""
+    if not re.match(r"0?1?[0-7]{1,3}\Z", value):
+        raise ValueError("must be octal permissions from 0 to 1777, such as 0755 (setuid and "
+                         "setgid are refused)")
+    return int(value, 8)
+
+
+def size_option(value: str) -> int:
+    """An option parser: a size in bytes, with an optional K, M, G or T (powers of 1024)."""
+    match = _SIZE.match(value)
+    if match is None:
+        raise ValueError("must be a size such as 512M or 10G")
+    return int(match.group(1)) << (10 * " KMGT".index(match.group(2).upper() or " "))
+
+
+class Driver(object):
+    """A volume driver with the bookkeeping done: write only the storage part.
+
+    Subclass it and override the hooks that your storage needs; each is
+    called with that volume's lock held, never concurrently for one volume,
+    while calls for other volumes run in parallel:
+
+    ``provision(name, options)``
+        Make the storage of a new volume. ``options`` holds the parsed values.
+        After a crash cut a create short, the storage is destroyed, so the
+        create starts over: a volume exists with all its options or not at all.
+    ``attach(name, options) -> str``
+        Make the volume available on its first mount and return the absolute
+        path that containers get. Default: :meth:`mountpoint`.
+    ``detach(name, options, mountpoint)``
+        After its last unmount. Default: nothing.
+    ``destroy(name, options)``
+        Delete the storage; never called while the volume is mounted. Must
+        succeed for storage that is half made or already gone.
+    ``mountpoint(name, options) -> Optional[str]``
+        The path shown while the volume is not mounted. Default: None.
+    ``status(name, options) -> dict``
+        Extra fields for the volume's ``Status``. Default: none.
+
+    Class attributes that may be overridden: ``options`` maps each accepted
+    option to a parser, which takes the string and returns the value or raises
+    ValueError saying what is expected (:func:`uint_option`,
+    :func:`mode_option`, :func:`size_option`, or ``str``); an option not listed
+    is refused. ``secret_words``: an option whose name contains one is a secret,
+    never shown or logged. ``scope``: ``"local"``, or ``"global"`` for storage
+    every node sees. ``name_pattern`` and ``max_name_length``: the names accepted.
+
+    What it does for you: each volume is a record in ``state_dir``, one JSON
+    file readable by root alone, replaced atomically and fsynced, so a create
+    or remove that was answered survives ``kill -9`` and power loss. Mounts
+    are counted per mount ID, ``docker cp`` reusing one, and kept in
+    ``run_dir`` (boot-scoped, under ``/run`` by default): replaced atomically,
+    so they survive ``kill -9``, but not fsynced, since no container survives a
+    reboot. A volume with mounts left cannot be removed. A lock file keeps a
+    second process off the same state. Mount and unmount write only to
+    ``run_dir``, so they work when ``state_dir``'s file system is full or
+    read-only; create and remove then fail saying so.
     """
 
-    def __init__(self, root: str) -> None:
-        import fcntl  # Unix only, and only the built-in driver needs it
-        _make_directories(os.path.abspath(root), 0o700)
-        # Resolved once: a link in the path cannot be turned elsewhere later.
-        self.root = os.path.realpath(root)
-        unsafe = _unsafe_directory(self.root)
+    options = {}  # type: Dict[str, Callable[[str], Any]]
+    secret_words = ("password", "secret", "token", "key")
+    scope = "local"
+    name_pattern = _VOLUME_NAME
+    max_name_length = MAX_VOLUME_NAME
+
+    def __init__(self, state_dir: str, run_dir: "Optional[str]" = None) -> None:
+        import fcntl  # Unix only
+        _make_directories(os.path.abspath(state_dir), 0o700)
+        self.state_dir = os.path.realpath(state_dir)
+        unsafe = _unsafe_directory(self.state_dir)
         if unsafe is not None:
-            raise PermissionError(errno.EPERM, "refusing to serve volumes from %s: %s. The "
-                                  "plugin runs as root; give it a root no other user can "
-                                  "write" % (self.root, unsafe))
-        if stat.S_IMODE(os.stat(self.root).st_mode) & 0o077:
-            log.info("%s: taking away other users' access to the volumes", self.root)
-            os.chmod(self.root, 0o700)
-        self._state_path = os.path.join(self.root, _STATE_FILE)
+            raise PermissionError(errno.EPERM, "refusing to keep volume state in %s: %s. The "
+                                  "plugin runs as root; give it a directory no other user "
+                                  "can write" % (self.state_dir, unsafe))
+        self.run_dir = run_dir or _default_run_dir(self.state_dir)
+        _make_directories(self.run_dir, 0o700)
+        unsafe = _unsafe_directory(self.run_dir)
+        if unsafe is not None:
+            raise PermissionError(errno.EPERM, "refusing to keep mount counts in %s: %s"
+                                  % (self.run_dir, unsafe))
         # Readable by root alone: anyone who could open it could flock it
         # and keep the plugin from starting.
-        self._lock_fd = os.open(os.path.join(self.root, _LOCK_FILE), os.O_RDWR | _CREATE_FLAGS,
+        self._lock_fd = os.open(os.path.join(self.run_dir, "lock"), os.O_RDWR | _CREATE_FLAGS,
                                 0o600)
         try:
-            os.fchmod(self._lock_fd, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(self._lock_fd)
-            raise OSError(errno.EBUSY, "another process serves volumes from %s" % self.root)
-        self._state_lock = threading.Lock()
+            raise OSError(errno.EBUSY, "another process serves the volumes of %s"
+                          % self.state_dir)
+        self._boot_id = _boot_id()
         self._locks_lock = threading.Lock()
         # name -> [lock, users]: kept only while a call holds or waits for it,
         # so names that do not exist leave nothing behind.
         self._volume_locks = {}  # type: Dict[str, List[Any]]
-        # name -> {"created_at", "options", "mounts": {mount id: count}}.
-        # Entries are replaced, never changed in place, so get() and list()
-        # can read a snapshot without locks.
+        # Replaced, never changed in place, so get() and list() read them
+        # without locks: name -> record; name -> {"mounts": {id: n}, "mountpoint"}.
         self._volumes = {}  # type: Dict[str, Dict[str, Any]]
+        self._mounts = {}  # type: Dict[str, Dict[str, Any]]
         try:
-            self._volumes = self._reconcile(self._load())
-            self._commit(lambda volumes: None)
+            self._start()
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
-        """Release the root's lock file."""
+        """Release the lock on the state."""
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    # -- the driver contract --------------------------------------------------
+    # -- the hooks ------------------------------------------------------------
+
+    def provision(self, name: str, options: "Dict[str, Any]") -> None:
+        pass
+
+    def attach(self, name: str, options: "Dict[str, Any]") -> str:
+        path = self.mountpoint(name, options)
+        if path is None:
+            raise NotImplementedError("%s must define attach() or mountpoint()"
+                                      % type(self).__name__)
+        return path
+
+    def detach(self, name: str, options: "Dict[str, Any]", mountpoint: str) -> None:
+        pass
+
+    def destroy(self, name: str, options: "Dict[str, Any]") -> None:
+        pass
+
+    def mountpoint(self, name: str, options: "Dict[str, Any]") -> "Optional[str]":
+        return None
+
+    def status(self, name: str, options: "Dict[str, Any]") -> "Dict[str, Any]":
+        return {}
+
+    # -- the volume driver contract (see Plugin) --------------------------------
 
     def create(self, name: str, options: "Dict[str, str]") -> None:
-        self._check_name(name)
-        uid, gid, mode = _directory_options(options)
+        self.check_name(name)
+        parsed = self.parse_options(options)
         with self._volume_lock(name):
             existing = self._volumes.get(name)
             if existing is not None:
                 if existing["options"] == options:
                     return  # a retried create: already done
                 raise PluginError("volume %r already exists with options %s"
-                                  % (name, _format_options(existing["options"])))
-            path = self._path(name)
+                                  % (name, self.format_options(existing["options"])))
+            record = {"version": _RECORD_VERSION, "phase": "creating", "options": dict(options),
+                      "created_at": format_rfc3339(datetime.datetime.now(_UTC))}
+            self._write_record(name, record)  # a crash from here on is undone at start
             try:
-                os.mkdir(path, 0o700)
-            except FileExistsError:
-                raise PluginError("cannot create volume %r: %s already exists" % (name, path))
-            try:
-                if uid is not None or gid is not None:
-                    os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
-                os.chmod(path, mode)
-                entry = {"created_at": format_rfc3339(datetime.datetime.now(_UTC)),
-                         "options": dict(options), "mounts": {}}
-                self._commit(lambda volumes: volumes.__setitem__(name, entry))
+                self.provision(name, parsed)
+                record = dict(record, phase="ready")
+                self._write_record(name, record)
             except BaseException:
-                os.rmdir(path)
+                self._undo_create(name, parsed)
                 raise
+            self._volumes = _with(self._volumes, name, record)
 
     def remove(self, name: str) -> None:
         with self._volume_lock(name):
-            entry = self._entry(name)
-            if entry["mounts"]:
+            record = self._record(name)
+            mounts = self._mounts.get(name, {}).get("mounts")
+            if mounts:
                 # Never the mount IDs: whoever can call Unmount could release them.
                 raise PluginError("volume %r is in use: mounted %d time(s)"
-                                  % (name, sum(entry["mounts"].values())))
-            path, trash = self._path(name), os.path.join(self.root, _TRASH_PREFIX + name)
-            if _is_real_directory(path):
-                if os.path.lexists(trash):
-                    _remove_tree(trash)
-                os.rename(path, trash)  # atomic: a crash leaves it whole, under one name
-                try:
-                    self._commit(lambda volumes: volumes.pop(name))
-                except BaseException:
-                    os.rename(trash, path)
-                    raise
-                _remove_tree(trash)
-            else:
-                log.warning("volume %r: %s is not a directory; forgetting the volume only",
-                            name, path)
-                self._commit(lambda volumes: volumes.pop(name))
+                                  % (name, sum(mounts.values())))
+            self._write_record(name, dict(record, phase="removing"))
+            try:
+                self.destroy(name, self._parsed(name, record))
+            except BaseException:
+                self._write_record(name, record)
+                raise
+            self._delete_record(name)
 
     def mount(self, name: str, mount_id: str) -> str:
         with self._volume_lock(name):
-            entry = self._entry(name)
-            path = self._path(name)
-            if not _is_real_directory(path):
-                raise PluginError("the directory of volume %r, %s, is missing; not mounting an "
-                                  "empty one in its place" % (name, path))
-            mounts = dict(entry["mounts"])
+            record = self._record(name)
+            state = self._mounts.get(name) or {"mounts": {}, "mountpoint": None}
+            mounts = dict(state["mounts"])
+            path = state["mountpoint"]
+            first = not mounts
+            if first:
+                path = self.attach(name, self._parsed(name, record))
             mounts[mount_id] = mounts.get(mount_id, 0) + 1  # docker cp reuses an ID
-            self._commit(lambda volumes: volumes.__setitem__(name, dict(entry, mounts=mounts)))
+            try:
+                self._write_mounts(name, {"mounts": mounts, "mountpoint": path})
+            except BaseException:
+                if first:
+                    self.detach(name, self._parsed(name, record), path)
+                raise
             return path
 
     def unmount(self, name: str, mount_id: str) -> None:
         with self._volume_lock(name):
-            entry = self._entry(name)
-            mounts = dict(entry["mounts"])
+            record = self._record(name)
+            state = self._mounts.get(name) or {"mounts": {}, "mountpoint": None}
+            mounts = dict(state["mounts"])
             count = mounts.pop(mount_id, 0)
             if count == 0:
-                # Docker 20.10 can unmount more than it mounted (PROTOCOL 3.10).
+                # Docker 20.10 can unmount more than it mounted (moby
+                # volume/mounts/mounts.go); an unknown ID releases nothing.
                 log.warning("volume %r: unmount of unknown mount ID %r ignored", name, mount_id)
                 return
             if count > 1:
                 mounts[mount_id] = count - 1
-            self._commit(lambda volumes: volumes.__setitem__(name, dict(entry, mounts=mounts)))
+            self._write_mounts(name, {"mounts": mounts, "mountpoint": state["mountpoint"]})
+            if not mounts:  # recorded first: a crash never leaves a phantom mount
+                try:
+                    self.detach(name, self._parsed(name, record), state["mountpoint"])
+                except BaseException:
+                    self._write_mounts(name, state)
+                    raise
 
     def get(self, name: str) -> "Optional[Dict[str, Any]]":
-        entry = self._volumes.get(name)
-        if entry is None:
+        record = self._volumes.get(name)
+        if record is None:
             return None
-        path = self._path(name)
-        status = {"options": entry["options"], "mounts": sum(entry["mounts"].values())}
-        if not _is_real_directory(path):
-            status["problem"] = "directory %s is missing" % path
-        return {"Name": name, "Mountpoint": path, "CreatedAt": entry["created_at"],
-                "Status": status}
+        options = self._parsed(name, record)
+        state = self._mounts.get(name) or {"mounts": {}, "mountpoint": None}
+        status = {"options": self.redact(record["options"]),
+                  "mounts": sum(state["mounts"].values())}  # type: Dict[str, Any]
+        status.update(self.status(name, options))
+        volume = {"Name": name, "CreatedAt": record["created_at"], "Status": status}
+        path = state["mountpoint"] or self.mountpoint(name, options)
+        if path:
+            volume["Mountpoint"] = path
+        return volume
 
     def list(self) -> "List[Dict[str, Any]]":
-        return [{"Name": name, "Mountpoint": self._path(name)} for name in self._volumes]
+        return [{"Name": name, "Mountpoint": self._listed_mountpoint(name, record)}
+                for name, record in self._volumes.items()]
 
     def path(self, name: str) -> str:
-        self._entry(name)
-        return self._path(name)
+        volume = self.get(name)
+        if volume is None:
+            raise VolumeNotFound("no such volume: %r" % name)
+        return volume.get("Mountpoint") or ""
 
     def capabilities(self) -> "Dict[str, Any]":
-        return {"Scope": "local"}
+        return {"Scope": self.scope}
 
-    # -- internals --------------------------------------------------------------
+    # -- helpers a subclass may use ---------------------------------------------
 
-    @staticmethod
-    def _check_name(name: str) -> None:
-        if not _VOLUME_NAME.match(name) or len(name) > MAX_VOLUME_NAME:
+    def check_name(self, name: str) -> None:
+        """Refuse a name that is not ``name_pattern`` or too long."""
+        if not self.name_pattern.match(name) or len(name) > self.max_name_length or \
+                "/" in name or name.startswith("."):
             raise PluginError(
                 "invalid volume name %r: use 1-%d letters, digits, '_', '.' or '-', starting "
-                "with a letter or digit" % (name, MAX_VOLUME_NAME))
+                "with a letter or digit" % (name[:self.max_name_length + 20], self.max_name_length))
 
-    def _path(self, name: str) -> str:
-        return os.path.join(self.root, name)
+    def parse_options(self, options: "Dict[str, str]") -> "Dict[str, Any]":
+        """The options' values, parsed; a clear PluginError for a bad one."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise PluginError("unknown option(s) %s; known options: %s"
+                              % (", ".join(map(repr, unknown)), ", ".join(sorted(self.options))
+                                 or "none"))
+        parsed = {}
+        for key, value in options.items():
+            try:
+                parsed[key] = self.options[key](value)
+            except ValueError as exc:
+                shown = "****" if self.is_secret(key) else value[:20]
+                raise PluginError("option %s=%s %s" % (key, shown, exc))
+        return parsed
 
-    def _entry(self, name: str) -> "Dict[str, Any]":
-        entry = self._volumes.get(name)
-        if entry is None:
+    def is_secret(self, option: str) -> bool:
+        return any(word in option.lower() for word in self.secret_words)
+
+    def redact(self, options: "Dict[str, str]") -> "Dict[str, str]":
+        """``options`` with every secret's value hidden."""
+        return dict((k, "****" if self.is_secret(k) else v) for k, v in options.items())
+
+    def format_options(self, options: "Dict[str, str]") -> str:
+        return _format_options(self.redact(options))
+
+    def volumes(self) -> "Dict[str, Dict[str, Any]]":
+        """Every volume: name -> {"options", "created_at", "mounts": {id: count}}."""
+        return dict((name, {"options": record["options"], "created_at": record["created_at"],
+                            "mounts": dict((self._mounts.get(name) or {}).get("mounts", {}))})
+                    for name, record in self._volumes.items())
+
+    # -- internals ----------------------------------------------------------------
+
+    def _listed_mountpoint(self, name: str, record: "Dict[str, Any]") -> str:
+        state = self._mounts.get(name)
+        if state and state["mountpoint"]:
+            return state["mountpoint"]
+        return self.mountpoint(name, self._parsed(name, record)) or ""
+
+    def _parsed(self, name: str, record: "Dict[str, Any]") -> "Dict[str, Any]":
+        """A recorded volume's options, parsed; never an error that would make
+        the engine take the volume for missing."""
+        try:
+            return self.parse_options(record.get("options") or {})
+        except PluginError as exc:
+            log.error("volume %r: its recorded options no longer parse: %s", name, exc)
+            return {}
+
+    def _record(self, name: str) -> "Dict[str, Any]":
+        record = self._volumes.get(name)
+        if record is None:
             raise VolumeNotFound("no such volume: %r" % name)
-        return entry
+        return record
 
     @contextlib.contextmanager
     def _volume_lock(self, name: str) -> "Iterator[None]":
@@ -2622,88 +2758,273 @@ class DirectoryDriver(object):
                 if not entry[1]:
                     del self._volume_locks[name]
 
-    def _commit(self, change: "Callable[[Dict[str, Any]], Any]") -> None:
-        """Apply ``change`` to a copy of the volumes, persist it, then publish it."""
-        with self._state_lock:
-            volumes = dict(self._volumes)
-            change(volumes)
-            state = {"version": _STATE_VERSION, "boot_id": _boot_id(), "volumes": volumes}
-            data = json.dumps(state, indent=1, sort_keys=True).encode("utf-8")
-            _write_file_atomically(self._state_path, data, 0o600)
-            self._volumes = volumes
+    def _record_path(self, name: str) -> str:
+        return os.path.join(self.state_dir, name + ".json")
 
-    def _load(self) -> "Dict[str, Any]":
+    def _write_record(self, name: str, record: "Dict[str, Any]") -> None:
         try:
-            fd = os.open(self._state_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return {"version": _STATE_VERSION, "volumes": {}}
-        with os.fdopen(fd, "rb") as state_file:
-            raw = state_file.read()
-        try:
-            state = json.loads(raw.decode("utf-8"))
-            if not isinstance(state, dict) or not isinstance(state.get("volumes"), dict):
-                raise ValueError("no volumes object")
-        except ValueError as exc:
-            # Written atomically, so this is damage from outside: starting
-            # empty would make Docker forget every volume.
-            raise ValueError("state file %s is damaged (%s); not starting. Move it away to "
-                             "start over from the directories." % (self._state_path, exc))
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError("state file %s has version %r; this version reads %d"
-                             % (self._state_path, state.get("version"), _STATE_VERSION))
-        return state
+            _write_file_atomically(self._record_path(name), _encode_json(record), 0o600)
+        except OSError as exc:
+            raise _storage_error(exc, self.state_dir)
 
-    def _reconcile(self, state: "Dict[str, Any]") -> "Dict[str, Any]":
-        volumes = {}  # type: Dict[str, Any]
-        for name, entry in state["volumes"].items():
-            if not _VOLUME_NAME.match(name):
-                log.error("state file lists invalid volume name %r; ignoring it", name)
+    def _delete_record(self, name: str) -> None:
+        self._volumes = _with(self._volumes, name, None)
+        self._mounts = _with(self._mounts, name, None)
+        for path, durable in ((self._record_path(name), True),
+                              (os.path.join(self.run_dir, name + ".json"), False)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
                 continue
-            volumes[name] = entry
-        if state.get("boot_id") not in (None, _boot_id()):
-            log.info("the host rebooted since the last run: clearing all mount counts")
-            volumes = {name: dict(entry, mounts={}) for name, entry in volumes.items()}
-        for entry_name in sorted(os.listdir(self.root)):
-            path = os.path.join(self.root, entry_name)
-            if entry_name.startswith(_STATE_FILE + ".tmp-"):
-                os.unlink(path)  # a write cut short; the state file itself is whole
-            elif entry_name.startswith(_TRASH_PREFIX):
-                name = entry_name[len(_TRASH_PREFIX):]
-                if name in volumes and not os.path.lexists(self._path(name)):
-                    log.warning("volume %r: restoring it, its removal was cut short", name)
-                    os.rename(path, self._path(name))
-                else:
-                    _remove_tree(path)
-            elif (entry_name not in volumes and _VOLUME_NAME.match(entry_name)
-                  and _is_real_directory(path)):
-                log.info("adopting directory %s as volume %r", path, entry_name)
-                created = datetime.datetime.fromtimestamp(os.lstat(path).st_mtime, _UTC)
-                volumes[entry_name] = {"created_at": format_rfc3339(created),
-                                       "options": {}, "mounts": {}}
-        for name in volumes:
+            except OSError as exc:
+                raise _storage_error(exc, self.state_dir)
+            if durable:
+                _fsync_directory(self.state_dir)
+
+    def _undo_create(self, name: str, parsed: "Dict[str, Any]") -> None:
+        try:
+            self.destroy(name, parsed)
+            self._delete_record(name)
+        except Exception:
+            log.exception("volume %r: undoing a failed create failed; it is undone at the next "
+                          "start", name)
+
+    def _write_mounts(self, name: str, state: "Dict[str, Any]") -> None:
+        path = os.path.join(self.run_dir, name + ".json")
+        if state["mounts"]:
+            data = _encode_json({"boot_id": self._boot_id, "mounts": state["mounts"],
+                                 "mountpoint": state["mountpoint"]})
+            _write_file_atomically(path, data, 0o600, durable=False)
+            self._mounts = _with(self._mounts, name, state)
+        else:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            self._mounts = _with(self._mounts, name, None)
+
+    def _start(self) -> None:
+        """Load the records and finish, or undo, what a crash cut short."""
+        self._upgrade()
+        volumes = {}  # type: Dict[str, Dict[str, Any]]
+        for entry in sorted(os.listdir(self.state_dir)):
+            path = os.path.join(self.state_dir, entry)
+            if ".json.tmp-" in entry:
+                _unlink_quietly(path)  # a write cut short; the record itself is whole
+                continue
+            if not entry.endswith(".json"):
+                continue
+            name, record = entry[:-len(".json")], _read_json(path, "volume record")
+            if record.get("phase") == "ready":
+                volumes[name] = record
+                continue
+            # A create or a remove that was never answered: finish it.
+            log.warning("volume %r: a %s was cut short; finishing it", name,
+                        "create" if record.get("phase") == "creating" else "remove")
+            try:
+                self.destroy(name, self._parsed(name, record))
+                _unlink_quietly(path)
+            except Exception:
+                log.exception("volume %r: could not finish; trying again at the next start", name)
+        self._volumes = volumes
+        mounts = {}
+        for entry in os.listdir(self.run_dir):
+            if not entry.endswith(".json"):
+                if ".json.tmp-" in entry:
+                    _unlink_quietly(os.path.join(self.run_dir, entry))
+                continue
+            name = entry[:-len(".json")]
+            state = _read_json(os.path.join(self.run_dir, entry), "mount count file")
+            if name in volumes and state.get("boot_id") == self._boot_id and state.get("mounts"):
+                mounts[name] = {"mounts": state["mounts"], "mountpoint": state.get("mountpoint")}
+            else:  # a reboot (no container survived it) or a volume since removed
+                _unlink_quietly(os.path.join(self.run_dir, entry))
+        self._mounts = mounts
+
+    def _upgrade(self) -> None:
+        """Convert state of an earlier version; nothing by default."""
+
+
+def _with(mapping: "Dict[str, Any]", key: str, value: "Any") -> "Dict[str, Any]":
+    """A copy of ``mapping`` with ``key`` set to ``value``, or removed for None.
+
+    The driver's tables are replaced, never changed in place, so readers need
+    no lock."""
+    copy = dict(mapping)
+    if value is None:
+        copy.pop(key, None)
+    else:
+        copy[key] = value
+    return copy
+
+
+def _default_run_dir(state_dir: str) -> str:
+    """A boot-scoped directory of our own for ``state_dir``'s mount counts."""
+    import hashlib
+    key = hashlib.sha256(os.fsencode(state_dir)).hexdigest()[:16]
+    if os.geteuid() == 0:
+        return os.path.join(_RUN_DIR, key)
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(
+        "/tmp", "docker-volume-plugin-%d" % os.geteuid())
+    return os.path.join(base, "docker-volume-plugin", key)
+
+
+def _storage_error(exc: OSError, directory: str) -> Exception:
+    """A full or read-only file system, said plainly; other errors as they are."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return PluginError("no space left on the file system of %s: free some, then try again "
+                           "(mounting existing volumes still works)" % directory)
+    if exc.errno == errno.EROFS:
+        return PluginError("%s is on a read-only file system: volumes cannot be created or "
+                           "removed (mounting existing ones still works)" % directory)
+    return exc
+
+
+def _read_json(path: str, what: str) -> "Dict[str, Any]":
+    """A state file, never through a link; a damaged one stops the start."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as state_file:
+        raw = state_file.read()
+    try:
+        value = json.loads(raw.decode("utf-8"))
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        # Written atomically, so this is damage from outside: going on
+        # without it would make the engines forget the volume.
+        raise ValueError("%s %s is damaged (%s); not starting. Repair or move it away."
+                         % (what, path, exc))
+    return value
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("cannot remove %s: %s", path, exc.strerror)
+
+
+class DirectoryDriver(Driver):
+    """Each volume is a directory under ``root``; built on :class:`Driver`.
+
+    Options: ``uid``, ``gid`` (numbers) and ``mode`` (octal, 0 to 1777,
+    default 0755) of the volume's directory. Records live in
+    ``root/.docker-volume-plugin/``. The root is made private (0700); one
+    another user could write is refused. A volume whose directory has
+    vanished is reported in its ``Status`` and never mounted, rather than
+    handed to a container empty; a directory under the root with no record
+    is not a volume and is left alone. A root written by version 0.1 (one
+    ``.docker-volume-plugin.json``) is converted at the first start, keeping
+    every volume, option, creation time and mount count.
+    """
+
+    options = {"uid": uint_option, "gid": uint_option, "mode": mode_option}
+
+    def __init__(self, root: str, run_dir: "Optional[str]" = None) -> None:
+        _make_directories(os.path.abspath(root), 0o700)
+        # Resolved once: a link in the path cannot be turned elsewhere later.
+        self.root = os.path.realpath(root)
+        unsafe = _unsafe_directory(self.root)
+        if unsafe is not None:
+            raise PermissionError(errno.EPERM, "refusing to serve volumes from %s: %s. The "
+                                  "plugin runs as root; give it a root no other user can "
+                                  "write" % (self.root, unsafe))
+        if stat.S_IMODE(os.stat(self.root).st_mode) & 0o077:
+            log.info("%s: taking away other users' access to the volumes", self.root)
+            try:
+                os.chmod(self.root, 0o700)
+            except OSError as exc:
+                log.warning("cannot make %s private: %s", self.root, exc.strerror)
+        Driver.__init__(self, os.path.join(self.root, _STATE_DIR), run_dir)
+
+    def provision(self, name: str, options: "Dict[str, Any]") -> None:
+        path = self._path(name)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            raise PluginError("cannot create volume %r: %s already exists and is not a volume; "
+                              "move it away first" % (name, path))
+        except OSError as exc:
+            raise _storage_error(exc, self.root)
+        uid, gid = options.get("uid"), options.get("gid")
+        if uid is not None or gid is not None:
+            os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+        os.chmod(path, options.get("mode", 0o755))
+
+    def attach(self, name: str, options: "Dict[str, Any]") -> str:
+        path = self._path(name)
+        if not _is_real_directory(path):
+            raise PluginError("the directory of volume %r, %s, is missing; not mounting an "
+                              "empty one in its place" % (name, path))
+        return path
+
+    def destroy(self, name: str, options: "Dict[str, Any]") -> None:
+        path = self._path(name)
+        if _is_real_directory(path):
+            trash = os.path.join(self.root, _TRASH_PREFIX + name)
+            if os.path.lexists(trash):
+                _remove_tree(trash)
+            try:
+                os.rename(path, trash)  # gone from its name at once, whatever rmtree meets
+            except OSError as exc:
+                raise _storage_error(exc, self.root)
+            _remove_tree(trash)
+        elif os.path.lexists(path):
+            log.warning("volume %r: %s is not a directory; leaving it", name, path)
+
+    def mountpoint(self, name: str, options: "Dict[str, Any]") -> str:
+        return self._path(name)
+
+    def status(self, name: str, options: "Dict[str, Any]") -> "Dict[str, Any]":
+        path = self._path(name)
+        return {} if _is_real_directory(path) else {"problem": "directory %s is missing" % path}
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def _start(self) -> None:
+        for entry in os.listdir(self.root):
+            if entry.startswith(_TRASH_PREFIX):
+                _remove_tree(os.path.join(self.root, entry))  # a remove cut short
+        Driver._start(self)
+        for name in self._volumes:
             if not _is_real_directory(self._path(name)):
                 log.warning("volume %r: directory %s is missing", name, self._path(name))
-        return volumes
+        for entry in sorted(os.listdir(self.root)):
+            if not entry.startswith(".") and entry not in self._volumes:
+                log.warning("%s has no record: not a volume; left alone",
+                            os.path.join(self.root, entry))
+
+    def _upgrade(self) -> None:
+        """Convert a version 0.1 root: one state file for every volume."""
+        old = os.path.join(self.root, _V1_STATE_FILE)
+        if not os.path.lexists(old):
+            return
+        state = _read_json(old, "state file")
+        if state.get("version") != 1 or not isinstance(state.get("volumes"), dict):
+            raise ValueError("state file %s has version %r; this version reads 1"
+                             % (old, state.get("version")))
+        same_boot = state.get("boot_id") in (None, self._boot_id)
+        for name, entry in sorted(state["volumes"].items()):
+            if not _VOLUME_NAME.match(name) or not isinstance(entry, dict):
+                raise ValueError("state file %s has a damaged entry %r; not starting"
+                                 % (old, name))
+            record = {"version": _RECORD_VERSION, "phase": "ready",
+                      "options": entry.get("options") or {}, "created_at": entry.get("created_at")}
+            self._write_record(name, record)
+            if same_boot and entry.get("mounts"):
+                self._write_mounts(name, {"mounts": entry["mounts"], "mountpoint": self._path(name)})
+        os.rename(old, old + ".converted")
+        _unlink_quietly(os.path.join(self.root, _V1_LOCK_FILE))
+        log.info("converted %d volume(s) from %s (kept as %s.converted)",
+                 len(state["volumes"]), old, old)
 
 
-def _directory_options(options: "Dict[str, str]") -> "Tuple[Optional[int], Optional[int], int]":
-    unknown = sorted(set(options) - set(_DIRECTORY_OPTIONS))
-    if unknown:
-        raise PluginError("unknown option(s) %s; known options: %s"
-                          % (", ".join(map(repr, unknown)), ", ".join(_DIRECTORY_OPTIONS)))
-    ids = []  # type: List[Optional[int]]
-    for key in ("uid", "gid"):
-        value = options.get(key)
-        if value is not None and (not _DIGITS.match(value) or len(value) > _MAX_ID_DIGITS
-                                  or int(value) > 0xFFFFFFFE):
-            raise PluginError("option %s=%r must be a number from 0 to 4294967294"
-                              % (key, value[:20]))
-        ids.append(None if value is None else int(value))
-    mode = options.get("mode", "0755")
-    if not _MODE.match(mode):
-        raise PluginError("option mode=%r must be octal permissions from 0 to 1777, such as "
-                          "0755 (setuid and setgid are refused)" % mode[:20])
-    return ids[0], ids[1], int(mode, 8)
+_STATE_DIR = ".docker-volume-plugin"
+_V1_STATE_FILE = ".docker-volume-plugin.json"
+_V1_LOCK_FILE = ".docker-volume-plugin.lock"
+_TRASH_PREFIX = ".removing-"
 
 
 def _format_options(options: "Dict[str, str]") -> str:

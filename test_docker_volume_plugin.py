@@ -830,7 +830,7 @@ class FileSystemHardeningTests(QuietLogs, unittest.TestCase):
         driver = dvp.DirectoryDriver(root)
         self.addCleanup(driver.close)
         self.assertEqual(stat.S_IMODE(os.stat(root).st_mode), 0o700)
-        lock = os.path.join(root, ".docker-volume-plugin.lock")
+        lock = os.path.join(driver.run_dir, "lock")
         self.assertEqual(stat.S_IMODE(os.stat(lock).st_mode), 0o600)
         driver.create("v", {"mode": "0777"})
         if os.geteuid() == 0 and shutil.which("setpriv"):
@@ -847,17 +847,17 @@ class FileSystemHardeningTests(QuietLogs, unittest.TestCase):
         victim = os.path.join(self.dir, "victim")
         with open(victim, "w") as f:
             f.write("precious")
-        state = os.path.join(root, ".docker-volume-plugin.json")
+        state = os.path.join(root, ".docker-volume-plugin", "v.json")
         tmp = "%s.tmp-%d-%d" % (state, os.getpid(), threading.get_ident())
-        os.symlink(victim, tmp)  # where this very thread writes the next state
+        os.symlink(victim, tmp)  # where this very thread writes the next record
         driver.create("v", {})
         with open(victim) as f:
             self.assertEqual(f.read(), "precious")
         self.assertFalse(os.path.lexists(tmp))
         self.assertIn("v", [v["Name"] for v in driver.list()])
         driver.close()
-        os.rename(state, state + ".real")
-        os.symlink(state + ".real", state)
+        os.rename(state, os.path.join(self.dir, "v.json"))
+        os.symlink(os.path.join(self.dir, "v.json"), state)
         with self.assertRaises(OSError):  # a state file that is a link: not read
             dvp.DirectoryDriver(root)
 
@@ -1229,8 +1229,8 @@ class DirectoryDriverTests(QuietLogs, unittest.TestCase):
         self.driver = self.open()
         return self.driver
 
-    def state(self):
-        with open(os.path.join(self.root, ".docker-volume-plugin.json")) as f:
+    def record(self, name):
+        with open(os.path.join(self.root, ".docker-volume-plugin", name + ".json")) as f:
             return json.load(f)
 
     def test_names(self):
@@ -1304,29 +1304,43 @@ class DirectoryDriverTests(QuietLogs, unittest.TestCase):
         self.assertEqual(driver.get("v")["Status"], {"options": {"mode": "0700"}, "mounts": 1})
         with self.assertRaises(dvp.PluginError):
             driver.remove("v")
-        self.assertEqual(self.state()["volumes"]["v"]["mounts"], {"id1": 1})
+        self.assertEqual(driver.volumes()["v"]["mounts"], {"id1": 1})
+        self.assertEqual(self.record("v")["options"], {"mode": "0700"})
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.root, ".docker-volume-plugin",
+                                                           "v.json")).st_mode), 0o600)
 
     def test_second_process_on_the_same_root_is_refused(self):
         with self.assertRaises(OSError) as caught:
             dvp.DirectoryDriver(self.root)
         self.assertIn("another process", str(caught.exception))
 
-    def test_reconcile_adopts_restores_and_cleans(self):
-        self.driver.create("kept", {})
-        self.driver.create("interrupted", {})
+    def test_start_finishes_what_a_crash_cut_short(self):
+        self.driver.create("kept", {"mode": "0700"})
+        self.driver.create("removing", {})
+        self.driver.create("creating", {})
         self.driver.close()
-        os.mkdir(os.path.join(self.root, "adopted"))  # a create cut short before commit
-        os.rename(os.path.join(self.root, "interrupted"), os.path.join(self.root, ".removing-interrupted"))
-        os.mkdir(os.path.join(self.root, ".removing-gone"))  # a remove cut short after commit
-        open(os.path.join(self.root, ".docker-volume-plugin.json.tmp-1-2"), "w").close()
-        os.mkdir(os.path.join(self.root, "bad name"))
-        driver = self.open()
+        records = os.path.join(self.root, ".docker-volume-plugin")
+        for name, phase in (("removing", "removing"), ("creating", "creating")):
+            record = self.record(name)
+            record["phase"] = phase
+            with open(os.path.join(records, name + ".json"), "w") as f:
+                json.dump(record, f)
+        os.rename(os.path.join(self.root, "removing"), os.path.join(self.root, ".removing-removing"))
+        open(os.path.join(records, "kept.json.tmp-1-2"), "w").close()
+        os.mkdir(os.path.join(self.root, "stray"))  # not made by the plugin: not a volume
+        with open(os.path.join(self.root, "stray", "data"), "w") as f:
+            f.write("theirs")
+        with self.assertLogs("docker_volume_plugin", logging.WARNING) as logs:
+            driver = self.open()
         self.driver = driver
-        self.assertEqual(sorted(v["Name"] for v in driver.list()), ["adopted", "interrupted", "kept"])
-        self.assertEqual(sorted(os.listdir(self.root)), [
-            ".docker-volume-plugin.json", ".docker-volume-plugin.lock", "adopted", "bad name",
-            "interrupted", "kept"])
-        self.assertRegex(driver.get("adopted")["CreatedAt"], r"Z$")
+        self.assertEqual([v["Name"] for v in driver.list()], ["kept"])
+        self.assertEqual(driver.get("kept")["Status"]["options"], {"mode": "0700"})
+        self.assertEqual(sorted(os.listdir(self.root)), [".docker-volume-plugin", "kept", "stray"])
+        self.assertEqual(sorted(os.listdir(records)), ["kept.json"])
+        self.assertIn("no record: not a volume; left alone", "\n".join(logs.output))
+        self.assertIsNone(driver.get("stray"))
+        driver.create("creating", {"mode": "0750"})  # the engine's retry starts afresh
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.root, "creating")).st_mode), 0o750)
 
     def test_missing_directory_is_reported_not_replaced(self):
         self.driver.create("v", {})
@@ -1344,11 +1358,12 @@ class DirectoryDriverTests(QuietLogs, unittest.TestCase):
         self.driver.create("v", {})
         self.driver.mount("v", "id1")
         self.driver.close()
-        path = os.path.join(self.root, ".docker-volume-plugin.json")
-        state = self.state()
-        state["boot_id"] = "another-boot"
+        path = os.path.join(self.driver.run_dir, "v.json")  # boot-scoped: /run when root
+        with open(path) as f:
+            counts = json.load(f)
+        counts["boot_id"] = "another-boot"
         with open(path, "w") as f:
-            json.dump(state, f)
+            json.dump(counts, f)
         self.driver = self.open()
         self.assertEqual(self.driver.get("v")["Status"]["mounts"], 0)
         self.driver.remove("v")
@@ -1356,8 +1371,8 @@ class DirectoryDriverTests(QuietLogs, unittest.TestCase):
     def test_damaged_state_file_stops_the_start(self):
         self.driver.create("v", {})
         self.driver.close()
-        with open(os.path.join(self.root, ".docker-volume-plugin.json"), "w") as f:
-            f.write('{"version": 1, "volu')
+        with open(os.path.join(self.root, ".docker-volume-plugin", "v.json"), "w") as f:
+            f.write('{"version": 2, "opti')
         with self.assertRaises(ValueError) as caught:
             dvp.DirectoryDriver(self.root)
         self.assertIn("damaged", str(caught.exception))
@@ -1404,17 +1419,17 @@ class DirectoryDriverTests(QuietLogs, unittest.TestCase):
 
     def test_calls_for_one_volume_are_serialised(self):
         self.driver.create("v", {})
-        real_commit, inside, peak = self.driver._commit, [0], [0]
+        real_write, inside, peak = self.driver._write_mounts, [0], [0]
 
-        def counting_commit(change):
+        def counting_write(name, state):
             inside[0] += 1
             peak[0] = max(peak[0], inside[0])
             time.sleep(0.01)
             try:
-                return real_commit(change)
+                return real_write(name, state)
             finally:
                 inside[0] -= 1
-        self.driver._commit = counting_commit
+        self.driver._write_mounts = counting_write
         threads = [threading.Thread(target=self.driver.mount, args=("v", "id%d" % (i % 3)))
                    for i in range(12)]
         for thread in threads:
@@ -1423,7 +1438,7 @@ class DirectoryDriverTests(QuietLogs, unittest.TestCase):
             thread.join(10)
         self.assertEqual(peak[0], 1)
         self.assertEqual(self.driver.get("v")["Status"]["mounts"], 12)
-        self.assertEqual(self.state()["volumes"]["v"]["mounts"], {"id0": 4, "id1": 4, "id2": 4})
+        self.assertEqual(self.driver.volumes()["v"]["mounts"], {"id0": 4, "id1": 4, "id2": 4})
 
     def test_served_driver_passes_through_the_protocol(self):
         plugin = dvp.Plugin(self.driver)
@@ -1479,8 +1494,11 @@ class KillTests(unittest.TestCase):
             proc.kill()  # SIGKILL, in the middle of the burst
             proc.wait()
             client.wait(20)
-            with open(os.path.join(root, ".docker-volume-plugin.json")) as f:
-                json.load(f)  # always a whole, valid file
+            records = os.path.join(root, ".docker-volume-plugin")
+            for record in os.listdir(records):
+                if ".tmp-" not in record:
+                    with open(os.path.join(records, record)) as f:
+                        json.load(f)  # always whole, valid files
             with open(answers) as f:
                 events = [json.loads(line) for line in f]
             self.assertGreater(len(events), 20)
@@ -1514,6 +1532,9 @@ class KillTests(unittest.TestCase):
             self.assertTrue(os.path.isdir(volume["Mountpoint"]))
         for name in listed - set(expected):
             self.assertEqual(cut_short.get(name), "create", name)
+        for name in listed:  # all or nothing: never a volume without its options
+            self.assertEqual(driver.get(name)["Status"]["options"], {"mode": "0700"}, name)
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode), 0o700, name)
 
 
 # -- check: the conformance checker and plugin lookup ---------------------------------
@@ -1610,8 +1631,8 @@ class CheckerTests(QuietLogs, unittest.TestCase):
         results = self.check(driver, options={"mode": "0700"})
         self.assertEqual(self.failures(results), [])
         self.assertEqual(driver.list(), [])
-        self.assertEqual(sorted(os.listdir(driver.root)), [".docker-volume-plugin.json",
-                                                           ".docker-volume-plugin.lock"])
+        self.assertEqual(os.listdir(driver.root), [".docker-volume-plugin"])
+        self.assertEqual(os.listdir(driver.state_dir), [])
 
     def test_activate_without_volume_driver(self):
         plugin = dvp.Plugin(self.driver)
