@@ -1261,8 +1261,18 @@ class UnixPluginServer(_PluginServerMixin, socketserver.UnixStreamServer):
 def _lock_beside(path: str) -> int:
     """Hold ``PATH.lock``, so that two servers starting at once cannot both
     take ``path`` (each would think the other's new socket stale)."""
-    import fcntl  # Unix sockets only
-    lock_path = path + ".lock"
+    return _hold_lock(path + ".lock", "%s is served by another process, or one is starting "
+                      "on it; stop it first" % path)
+
+
+def _unlock_beside(path: str, fd: int) -> None:
+    _release_lock(path + ".lock", fd)
+
+
+def _hold_lock(lock_path: str, busy: str) -> int:
+    """Create and flock ``lock_path`` (0600, never through a link); OSError
+    saying ``busy`` if another process holds it."""
+    import fcntl  # Unix only
     while True:
         fd = os.open(lock_path, os.O_RDWR | _CREATE_FLAGS, 0o600)
         try:
@@ -1271,17 +1281,17 @@ def _lock_beside(path: str) -> int:
                 return fd
         except BlockingIOError:
             os.close(fd)
-            raise OSError(errno.EADDRINUSE, "%s is served by another process, or one is "
-                          "starting on it; stop it first" % path)
+            raise OSError(errno.EBUSY, busy)
         except FileNotFoundError:
             pass  # its last holder removed it as we took it: take the new one
         os.close(fd)
 
 
-def _unlock_beside(path: str, fd: int) -> None:
+def _release_lock(lock_path: str, fd: int) -> None:
+    """Remove a lock file we hold (nobody else can be using it), then let go."""
     try:
-        if os.path.samestat(os.fstat(fd), os.stat(path + ".lock")):
-            os.unlink(path + ".lock")  # still held: nobody can be using it
+        if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+            os.unlink(lock_path)
     except OSError:
         pass
     os.close(fd)
@@ -2501,7 +2511,6 @@ class Driver(object):
     max_name_length = MAX_VOLUME_NAME
 
     def __init__(self, state_dir: str, run_dir: "Optional[str]" = None) -> None:
-        import fcntl  # Unix only
         _make_directories(os.path.abspath(state_dir), 0o700)
         self.state_dir = os.path.realpath(state_dir)
         unsafe = _unsafe_directory(self.state_dir)
@@ -2517,14 +2526,8 @@ class Driver(object):
                                   % (self.run_dir, unsafe))
         # Readable by root alone: anyone who could open it could flock it
         # and keep the plugin from starting.
-        self._lock_fd = os.open(os.path.join(self.run_dir, "lock"), os.O_RDWR | _CREATE_FLAGS,
-                                0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self._lock_fd)
-            raise OSError(errno.EBUSY, "another process serves the volumes of %s"
-                          % self.state_dir)
+        self._lock_fd = _hold_lock(os.path.join(self.run_dir, "lock"), "another process "
+                                   "serves the volumes of %s" % self.state_dir)
         self._boot_id = _boot_id()
         self._locks_lock = threading.Lock()
         # name -> [lock, users]: kept only while a call holds or waits for it,
@@ -2541,9 +2544,16 @@ class Driver(object):
             raise
 
     def close(self) -> None:
-        """Release the lock on the state."""
+        """Release the lock on the state; tidy ``run_dir`` if no mount is left."""
         if self._lock_fd >= 0:
-            os.close(self._lock_fd)
+            if os.listdir(self.run_dir) == ["lock"]:
+                _release_lock(os.path.join(self.run_dir, "lock"), self._lock_fd)
+                try:
+                    os.rmdir(self.run_dir)
+                except OSError:
+                    pass  # a successor's files arrived meanwhile
+            else:
+                os.close(self._lock_fd)
             self._lock_fd = -1
 
     # -- the hooks ------------------------------------------------------------
@@ -3068,8 +3078,9 @@ class _UsageError(Exception):
     pass
 
 
-def _load_driver(spec: str) -> "Any":
-    """Load ``MODULE:ATTR`` (a module name or a .py path); call ATTR if it is a factory."""
+def _load_driver(spec: str, options: "Optional[Dict[str, str]]" = None) -> "Any":
+    """Load ``MODULE:ATTR`` (a module name or a .py path); call ATTR if it is a
+    factory, with ``options`` (from ``--driver-opt``) as keyword arguments."""
     import importlib
     import importlib.util
     module_ref, sep, attr = spec.rpartition(":")
@@ -3083,6 +3094,8 @@ def _load_driver(spec: str) -> "Any":
                 raise ImportError("no such file: %s" % module_ref)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[module_name] = module
+            # Its own imports find the modules beside it, as when run as a script.
+            sys.path.insert(0, os.path.dirname(os.path.abspath(module_ref)))
             module_spec.loader.exec_module(module)  # type: ignore
         else:
             if os.getcwd() not in sys.path and "" not in sys.path:
@@ -3097,11 +3110,15 @@ def _load_driver(spec: str) -> "Any":
         except AttributeError:
             raise _UsageError("--driver %r: %s has no attribute %r" % (spec, module_ref, part))
     if all(callable(getattr(target, m, None)) for m in _REQUIRED_METHODS) and not isinstance(target, type):
+        if options:
+            raise _UsageError("--driver %r is a driver object: it takes no --driver-opt" % spec)
         return target
     if not callable(target):
         raise _UsageError("--driver %r: %r is neither a driver nor a factory" % (spec, target))
     try:
-        return target()
+        return target(**(options or {}))
+    except TypeError as exc:
+        raise _UsageError("--driver %r: %s" % (spec, exc))
     except Exception as exc:
         raise _UsageError("--driver %r: creating the driver failed: %s" % (spec, _error_text(exc)))
 
@@ -3148,6 +3165,27 @@ def _build_parser() -> "Any":
     serve_parser.add_argument("--driver", metavar="MODULE:ATTR",
                               help="serve your own driver: a driver object, class or factory "
                                    "from an importable module or a .py file")
+    serve_parser.add_argument("--driver-opt", action="append", default=[], metavar="KEY=VALUE",
+                              help="a keyword argument for the --driver class or factory "
+                                   "(repeatable)")
+    mounts_parser = commands.add_parser(
+        "mounts", help="show each volume's mounts; release a mount no engine will release",
+        description="Show the mounts the plugin counts for each volume, by mount ID. With "
+                    "--release, unmount every mount of one volume through the running plugin: "
+                    "for a mount left by a container that died with a crashed engine or "
+                    "plugin, which keeps the volume from being removed until a reboot. "
+                    "Refused while Docker has a running container using the volume; where "
+                    "Docker cannot be asked (Podman, another host), only with --force.")
+    state = mounts_parser.add_mutually_exclusive_group()
+    state.add_argument("--root", default="/var/lib/docker-volumes",
+                       help="the built-in driver's root (default: %(default)s)")
+    state.add_argument("--state-dir", help="the state_dir of a Driver subclass")
+    mounts_parser.add_argument("--release", metavar="VOLUME", help="unmount all of its mounts")
+    mounts_parser.add_argument("--plugin", default="dirs", metavar="NAME_OR_ADDRESS",
+                               help="the running plugin to release through (default: "
+                                    "%(default)s)")
+    mounts_parser.add_argument("--force", action="store_true",
+                               help="release even when Docker cannot be asked")
     check_parser = commands.add_parser(
         "check", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="test a running plugin the way the engine uses it",
@@ -3185,6 +3223,70 @@ def _key_values(items: "List[str]", flag: str) -> "Dict[str, str]":
     return options
 
 
+def _mounts_command(args: "Any") -> int:
+    state_dir = os.path.realpath(args.state_dir or os.path.join(args.root, _STATE_DIR))
+    run_dir = _default_run_dir(state_dir)
+    if not os.path.isdir(state_dir):
+        raise _UsageError("no volume state in %s" % state_dir)
+    mounts = {}
+    for entry in sorted(os.listdir(state_dir)):
+        if entry.endswith(".json"):
+            name = entry[:-len(".json")]
+            path = os.path.join(run_dir, entry)
+            mounts[name] = _read_json(path, "mount count file").get("mounts", {}) \
+                if os.path.exists(path) else {}
+    if not args.release:
+        sys.stdout.write("%-40s %6s  %s\n" % ("VOLUME", "MOUNTS", "MOUNT IDS"))
+        for name, counts in mounts.items():
+            sys.stdout.write("%-40s %6d  %s\n" % (name, sum(counts.values()), " ".join(
+                "%s(%d)" % item for item in sorted(counts.items()))))
+        return 0
+    name = args.release
+    if name not in mounts:
+        raise _UsageError("no volume %r in %s" % (name, state_dir))
+    if not mounts[name]:
+        sys.stdout.write("volume %s has no mounts\n" % name)
+        return 0
+    users = _containers_using(name)
+    if users:
+        sys.stderr.write("%s: refusing: Docker's running container(s) %s use volume %s; stop "
+                         "them instead\n" % (_PROG, ", ".join(users), name))
+        return 1
+    if users is None and not args.force:
+        sys.stderr.write("%s: refusing: cannot ask Docker whether a container uses volume %s "
+                         "(is DOCKER_HOST set?); make sure none does, then add --force\n"
+                         % (_PROG, name))
+        return 1
+    with PluginClient(args.plugin, timeout=60) as client:
+        for mount_id, count in sorted(mounts[name].items()):
+            for _ in range(count):
+                client.unmount(name, mount_id)
+    sys.stdout.write("released %d mount(s) of volume %s\n" % (sum(mounts[name].values()), name))
+    return 0
+
+
+def _containers_using(volume: str) -> "Optional[List[str]]":
+    """Docker's running containers that use ``volume``; None if Docker cannot be asked."""
+    import urllib.parse
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if not host.startswith("unix://"):
+        return None
+    connection = _UnixHTTPConnection(host[len("unix://"):])
+    connection.timeout = 10
+    try:
+        connection.request("GET", "/containers/json?filters=" +
+                           urllib.parse.quote(json.dumps({"volume": [volume]})))
+        response = connection.getresponse()
+        containers = json.loads(response.read().decode("utf-8"))
+        if response.status != 200:
+            return None
+        return [c["Names"][0].lstrip("/") for c in containers]
+    except (OSError, ValueError, KeyError, IndexError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+
+
 def _check_command(args: "Any") -> int:
     if args.deadline is not None and not args.deadline > 0:
         raise _UsageError("--deadline %r: expected a number of seconds above 0" % args.deadline)
@@ -3205,26 +3307,31 @@ def main(argv: "Optional[List[str]]" = None) -> int:
         return 2
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
-    if args.command == "check":
+    if args.command in ("check", "mounts"):
         try:
-            return _check_command(args)
+            return _check_command(args) if args.command == "check" else _mounts_command(args)
         except _UsageError as exc:
             sys.stderr.write("%s: error: %s (see --help)\n" % (_PROG, exc))
             return 2
+        except (PluginCallError, OSError, ValueError) as exc:
+            sys.stderr.write("%s: error: %s\n" % (_PROG, _error_text(exc)))
+            return 1
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     driver = None
     try:
         if args.driver:
-            driver = _load_driver(args.driver)
+            driver = _load_driver(args.driver, _key_values(args.driver_opt, "--driver-opt"))
         else:
+            if args.driver_opt:
+                raise _UsageError("--driver-opt goes with --driver")
             driver = DirectoryDriver(args.root)
         serve(driver, name=args.name, socket_path=args.socket, tcp_address=args.tcp,
               spec_dir=args.spec_dir, group=args.group)
     except _UsageError as exc:
         sys.stderr.write("%s: error: %s\n" % (_PROG, exc))
         return 2
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, PluginError) as exc:
         if isinstance(exc, OSError) and exc.strerror:
             message = exc.strerror if exc.filename is None else "%s: %s" % (exc.strerror, exc.filename)
         else:
@@ -3232,7 +3339,7 @@ def main(argv: "Optional[List[str]]" = None) -> int:
         sys.stderr.write("%s: error: %s\n" % (_PROG, message))
         return 1
     finally:
-        if isinstance(driver, DirectoryDriver):
+        if callable(getattr(driver, "close", None)):
             driver.close()
     return 0
 

@@ -7,9 +7,11 @@ runs when DOCKER_HOST points at an engine (see .ci/engine); with
 DVP_ENGINE_TESTS=require (as in CI) a missing engine is a failure, not a skip.
 """
 
+import contextlib
 import datetime
 import errno
 import http.client
+import io
 import json
 import logging
 import os
@@ -80,6 +82,25 @@ def raising(exc):
     def fail(*args):
         raise exc
     return fail
+
+
+_RUN_DIRS_BEFORE = set()
+
+
+def _run_dirs():
+    base = os.path.dirname(dvp._default_run_dir("/"))
+    return base, set(os.listdir(base)) if os.path.isdir(base) else set()
+
+
+def setUpModule():
+    _RUN_DIRS_BEFORE.update(_run_dirs()[1])
+
+
+def tearDownModule():
+    """Remove the boot-scoped mount counts the tests' drivers left under /run."""
+    base, now = _run_dirs()
+    for entry in now - _RUN_DIRS_BEFORE:
+        shutil.rmtree(os.path.join(base, entry), True)
 
 
 def temp_dir(test, prefix="dvp"):
@@ -1448,6 +1469,249 @@ class DirectoryDriverTests(QuietLogs, unittest.TestCase):
         self.assertIn("no such volume", json.loads(reply.decode())["Err"])
 
 
+# -- state that scales and survives: Driver, upgrades, a bad day on the host ------------
+
+#: A root's state file as version 0.1 wrote it (its DirectoryDriver, two
+#: volumes with options, one mounted three times, one adopted directory).
+V1_STATE = """{
+ "boot_id": "BOOT_ID",
+ "version": 1,
+ "volumes": {
+  "adopted": {
+   "created_at": "2026-11-28T01:57:59.316294Z",
+   "mounts": {},
+   "options": {}
+  },
+  "busy": {
+   "created_at": "2026-11-28T01:57:59.313409Z",
+   "mounts": {
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa": 2,
+    "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb": 1
+   },
+   "options": {
+    "mode": "0700"
+   }
+  },
+  "owned": {
+   "created_at": "2026-11-28T01:57:59.312595Z",
+   "mounts": {},
+   "options": {
+    "gid": "1000",
+    "mode": "0750",
+    "uid": "1000"
+   }
+  },
+  "plain": {
+   "created_at": "2026-11-28T01:57:59.311707Z",
+   "mounts": {},
+   "options": {}
+  }
+ }
+}
+"""
+
+
+def hostdirs_example():
+    """The README's Driver example, as text (between its two marker comments)."""
+    with open(os.path.join(HERE, "README.rst")) as f:
+        block = f.read().split(".. hostdirs-start")[1].split(".. hostdirs-end")[0]
+    return textwrap.dedent(block.split("::", 1)[1])
+
+
+class Secretive(dvp.Driver):
+    options = {"password": str, "api_key": str, "size": dvp.size_option}
+
+    def mountpoint(self, name, options):
+        return "/srv/" + name
+
+
+class StateTests(QuietLogs, unittest.TestCase):
+    def setUp(self):
+        super(StateTests, self).setUp()
+        self.base = temp_dir(self)
+        self.root = os.path.join(self.base, "root")
+
+    def open(self, root=None):
+        driver = dvp.DirectoryDriver(root or self.root)
+        self.addCleanup(driver.close)
+        return driver
+
+    def make_v1_root(self, boot_id):
+        os.mkdir(self.root, 0o711)
+        for name, mode in (("adopted", 0o755), ("busy", 0o700), ("owned", 0o750), ("plain", 0o755)):
+            os.mkdir(os.path.join(self.root, name), mode)
+        os.chown(os.path.join(self.root, "owned"), 1000, 1000)
+        with open(os.path.join(self.root, "busy", "data"), "w") as f:
+            f.write("kept")
+        with open(os.path.join(self.root, ".docker-volume-plugin.json"), "w") as f:
+            f.write(V1_STATE.replace("BOOT_ID", boot_id))
+        open(os.path.join(self.root, ".docker-volume-plugin.lock"), "w").close()
+
+    def test_version_1_root_is_converted_keeping_everything(self):
+        self.make_v1_root(dvp._boot_id())
+        driver = self.open()
+        self.assertEqual(sorted(v["Name"] for v in driver.list()), ["adopted", "busy", "owned", "plain"])
+        volumes = driver.volumes()
+        self.assertEqual(volumes["owned"]["options"], {"gid": "1000", "mode": "0750", "uid": "1000"})
+        self.assertEqual(volumes["busy"]["options"], {"mode": "0700"})
+        self.assertEqual(volumes["busy"]["mounts"], {"a" * 64: 2, "b" * 64: 1})
+        self.assertEqual(driver.get("plain")["CreatedAt"], "2026-11-28T01:57:59.311707Z")
+        with open(os.path.join(self.root, "busy", "data")) as f:
+            self.assertEqual(f.read(), "kept")
+        with self.assertRaises(dvp.PluginError):
+            driver.remove("busy")  # still mounted, as before the upgrade
+        self.assertEqual(sorted(os.listdir(self.root)), [
+            ".docker-volume-plugin", ".docker-volume-plugin.json.converted", "adopted", "busy",
+            "owned", "plain"])
+        driver.close()
+        again = self.open()  # converted once: the next start reads the new records
+        self.assertEqual(again.volumes(), volumes)
+
+    def test_version_1_mounts_from_before_a_reboot_are_cleared(self):
+        self.make_v1_root("another-boot")
+        driver = self.open()
+        self.assertEqual(driver.volumes()["busy"]["mounts"], {})
+        driver.remove("busy")
+
+    def test_damaged_version_1_entry_stops_the_start_and_drops_nothing(self):
+        self.make_v1_root(dvp._boot_id())
+        path = os.path.join(self.root, ".docker-volume-plugin.json")
+        with open(path) as f:
+            state = json.load(f)
+        state["volumes"]["../evil"] = {"options": {}}
+        with open(path, "w") as f:
+            json.dump(state, f)
+        with self.assertRaises(ValueError) as caught:
+            dvp.DirectoryDriver(self.root)
+        self.assertIn("damaged entry '../evil'", str(caught.exception))
+        self.assertTrue(os.path.exists(path))  # still there, whole, for the operator
+
+    @unittest.skipUnless(os.geteuid() == 0, "mounting a small file system needs root")
+    def test_full_then_read_only_root_still_serves_existing_volumes(self):
+        os.mkdir(self.root)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", self.root],
+                       check=True)
+        self.addCleanup(subprocess.run, ["umount", "-l", self.root])
+        driver = self.open()
+        driver.create("a", {})
+        driver.create("b", {})
+        filler = os.open(os.path.join(self.root, "a", "filler"), os.O_WRONLY | os.O_CREAT)
+        try:  # a container fills its volume, and so the root
+            while True:
+                os.write(filler, b"x" * 4096)
+        except OSError as exc:
+            self.assertEqual(exc.errno, errno.ENOSPC)
+        finally:
+            os.close(filler)
+        self.assertEqual(driver.mount("a", MOUNT_ID), os.path.join(self.root, "a"))
+        for call in (lambda: driver.create("c", {}), lambda: driver.remove("b")):
+            with self.assertRaises(dvp.PluginError) as caught:
+                call()
+            self.assertIn("no space left on the file system of", str(caught.exception))
+        self.assertEqual(sorted(v["Name"] for v in driver.list()), ["a", "b"])
+        driver.close()
+        driver = self.open()  # a full root starts
+        self.assertEqual(driver.volumes()["a"]["mounts"], {MOUNT_ID: 1})
+        driver.close()
+        subprocess.run(["mount", "-o", "remount,ro", self.root], check=True)
+        driver = self.open()  # so does a read-only one
+        self.assertEqual(driver.get("b")["Name"], "b")
+        driver.mount("b", MOUNT_ID)
+        driver.unmount("b", MOUNT_ID)
+        driver.unmount("a", MOUNT_ID)
+        with self.assertRaises(dvp.PluginError) as caught:
+            driver.create("c", {})
+        self.assertIn("read-only file system", str(caught.exception))
+
+    def test_secret_options_are_never_shown(self):
+        driver = Secretive(os.path.join(self.base, "state"))
+        self.addCleanup(driver.close)
+        driver.create("v", {"password": "hunter2", "api_key": "k-123", "size": "1G"})
+        self.assertEqual(driver.get("v")["Status"]["options"],
+                         {"password": "****", "api_key": "****", "size": "1G"})
+        with self.assertRaises(dvp.PluginError) as caught:
+            driver.create("v", {"password": "other"})
+        self.assertNotIn("hunter2", str(caught.exception))
+        self.assertNotIn("other", str(caught.exception))
+        with self.assertRaises(dvp.PluginError) as caught:
+            driver.create("w", {"size": "lots", "password": "x"})
+        self.assertIn("option size=lots must be a size", str(caught.exception))
+        record = os.path.join(self.base, "state", "v.json")
+        self.assertEqual(stat.S_IMODE(os.stat(record).st_mode), 0o600)  # root alone reads it
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(record)).st_mode), 0o700)
+
+    def test_option_parsers(self):
+        self.assertEqual(dvp.size_option("512M"), 512 << 20)
+        self.assertEqual(dvp.size_option("2g"), 2 << 30)
+        self.assertEqual(dvp.size_option("100"), 100)
+        self.assertEqual(dvp.uint_option("4294967294"), 4294967294)
+        self.assertEqual(dvp.mode_option("01777"), 0o1777)
+        for parser, bad in ((dvp.size_option, "1X"), (dvp.size_option, "9" * 40),
+                            (dvp.uint_option, "4294967295"), (dvp.mode_option, "2755")):
+            self.assertRaises(ValueError, parser, bad)
+
+    def test_mounts_command_shows_and_releases_a_stuck_mount(self):
+        driver = self.open()
+        driver.create("v", {})
+        sock = os.path.join(self.base, "p.sock")
+        server = dvp.UnixPluginServer(sock, driver).start()
+        self.addCleanup(server.stop, 1.0)
+        with dvp.PluginClient(sock) as client:  # as left by a container that died with its engine
+            client.mount("v", "a" * 64)
+            client.mount("v", "a" * 64)
+            client.mount("v", "b" * 64)
+
+        def run(*args):
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                status = dvp.main(["mounts", "--root", self.root] + list(args))
+            return status, out.getvalue(), err.getvalue()
+        status, out, _ = run()
+        self.assertEqual(status, 0)
+        self.assertRegex(out, r"\nv\s+3\s+a{64}\(2\) b{64}\(1\)\n")
+        os.environ["DOCKER_HOST"], previous = "unix://" + os.path.join(self.base, "none.sock"), \
+            os.environ.get("DOCKER_HOST")
+        self.addCleanup(lambda: os.environ.pop("DOCKER_HOST") if previous is None else
+                        os.environ.__setitem__("DOCKER_HOST", previous))
+        status, _, err = run("--release", "v", "--plugin", sock)
+        self.assertEqual(status, 1)
+        self.assertIn("cannot ask Docker whether a container uses volume v", err)
+        self.assertEqual(driver.volumes()["v"]["mounts"], {"a" * 64: 2, "b" * 64: 1})
+        status, out, _ = run("--release", "v", "--plugin", sock, "--force")
+        self.assertEqual((status, out), (0, "released 3 mount(s) of volume v\n"))
+        self.assertEqual(driver.volumes()["v"]["mounts"], {})
+        driver.remove("v")
+
+    def test_readme_driver_with_driver_options_passes_check(self):
+        module = os.path.join(self.base, "hostdirs.py")
+        with open(module, "w") as f:
+            f.write(hostdirs_example())
+        allowed, sock = os.path.join(self.base, "srv"), os.path.join(self.base, "p.sock")
+        os.mkdir(allowed, 0o700)
+        proc = _spawn(self, [sys.executable, MODULE, "serve", "--socket", sock, "--driver",
+                             module + ":HostDirectories", "--driver-opt",
+                             "state_dir=" + os.path.join(self.base, "state"), "--driver-opt",
+                             "allowed=" + allowed], stderr=subprocess.PIPE, universal_newlines=True,
+                      env=dict(os.environ, PYTHONPATH=HERE))
+        _wait_for_socket(sock, proc)
+        results = dvp.check_plugin(sock, options={"path": os.path.join(allowed, "web")},
+                                   bad_options={"path": "/etc"})
+        self.assertEqual([(r["rule"], r["detail"]) for r in results if not r["passed"]], [])
+        self.assertIn("bad-option", [r["rule"] for r in results if r["status"] == "pass"])
+        with dvp.PluginClient(sock) as client:
+            client.create("web", {"path": os.path.join(allowed, "web")})
+            self.assertEqual(client.mount("web", MOUNT_ID), os.path.join(allowed, "web"))
+            with open(os.path.join(allowed, "web", "index.html"), "w") as f:
+                f.write("hi")
+            client.unmount("web", MOUNT_ID)
+            client.remove("web")
+        self.assertTrue(os.path.exists(os.path.join(allowed, "web", "index.html")))  # data kept
+        lines = [l for l in hostdirs_example().splitlines() if l.strip() and not l.strip().startswith("#")]
+        self.assertLessEqual(len(lines), 40)
+        proc.terminate()
+        self.assertEqual(proc.wait(10), 0)
+
+
 KILL_BURST = '''
 import json, sys
 sys.path.insert(0, sys.argv[1])
@@ -1477,17 +1741,37 @@ while True:
 
 class KillTests(unittest.TestCase):
     def test_sigkill_in_a_burst_loses_nothing_answered(self):
-        base = temp_dir(self)
-        root, sock = os.path.join(base, "root"), os.path.join(base, "p.sock")
+        self.storm(os.path.join(temp_dir(self), "root"), rounds=3)
+
+    def test_sigkill_storm_with_10000_volumes(self):
+        root = os.path.join(temp_dir(self), "root")
+        records = os.path.join(root, ".docker-volume-plugin")
+        os.makedirs(records, 0o700)
+        record = json.dumps({"version": 2, "phase": "ready", "options": {"mode": "0700"},
+                             "created_at": "2026-01-01T00:00:00Z"})
+        crowd = ["crowd%05d" % i for i in range(10000)]
+        for name in crowd:  # written as the driver writes them, to save minutes of fsyncs
+            os.mkdir(os.path.join(root, name), 0o700)
+            with open(os.path.join(records, name + ".json"), "w") as f:
+                f.write(record)
+        driver = self.storm(root, rounds=2)
+        volumes = driver.volumes()
+        for name in crowd:
+            self.assertEqual(volumes[name]["options"], {"mode": "0700"}, name)
+
+    def storm(self, root, rounds):
+        """Kill the plugin mid-burst ``rounds`` times; check every answer survived."""
+        base = os.path.dirname(root)
+        sock = os.path.join(base, "p.sock")
         burst = os.path.join(base, "burst.py")
         with open(burst, "w") as f:
             f.write(KILL_BURST)
         expected, cut_short = {}, {}  # name -> answered mount count; name -> call cut short
-        for round_number in range(3):
+        for round_number in range(rounds):
             answers = os.path.join(base, "log%d" % round_number)
             proc = _spawn(self, [sys.executable, MODULE, "serve", "--root", root, "--socket", sock,
                                  "--log-level", "WARNING"], stderr=subprocess.PIPE, universal_newlines=True)
-            _wait_for_socket(sock, proc)
+            _wait_for_socket(sock, proc, seconds=60)
             client = _spawn(self, [sys.executable, burst, HERE, sock, answers, "r%d" % round_number],
                             stderr=subprocess.DEVNULL)
             time.sleep(0.3 + random.random() * 0.7)
@@ -1496,7 +1780,7 @@ class KillTests(unittest.TestCase):
             client.wait(20)
             records = os.path.join(root, ".docker-volume-plugin")
             for record in os.listdir(records):
-                if ".tmp-" not in record:
+                if ".tmp-" not in record and not record.startswith("crowd"):
                     with open(os.path.join(records, record)) as f:
                         json.load(f)  # always whole, valid files
             with open(answers) as f:
@@ -1519,7 +1803,7 @@ class KillTests(unittest.TestCase):
         # Restart and compare with every answer the clients got.
         driver = dvp.DirectoryDriver(root)
         self.addCleanup(driver.close)
-        listed = set(v["Name"] for v in driver.list())
+        listed = set(v["Name"] for v in driver.list() if not v["Name"].startswith("crowd"))
         for name, mounts in expected.items():
             if cut_short.get(name) == "remove" and name not in listed:
                 continue
@@ -1535,6 +1819,7 @@ class KillTests(unittest.TestCase):
         for name in listed:  # all or nothing: never a volume without its options
             self.assertEqual(driver.get(name)["Status"]["options"], {"mode": "0700"}, name)
             self.assertEqual(stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode), 0o700, name)
+        return driver
 
 
 # -- check: the conformance checker and plugin lookup ---------------------------------
