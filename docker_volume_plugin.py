@@ -2533,9 +2533,13 @@ class Driver(object):
         # name -> [lock, users]: kept only while a call holds or waits for it,
         # so names that do not exist leave nothing behind.
         self._volume_locks = {}  # type: Dict[str, List[Any]]
-        # Replaced, never changed in place, so get() and list() read them
-        # without locks: name -> record; name -> {"mounts": {id: n}, "mountpoint"}.
+        # name -> record; name -> {"mounts": {id: n}, "mountpoint"}. Their
+        # values are replaced, never changed in place, and the tables change
+        # under _tables_lock, so Get reads one without a lock and List copies
+        # one under it: no call waits for another volume's slow work.
+        self._tables_lock = threading.Lock()
         self._volumes = {}  # type: Dict[str, Dict[str, Any]]
+        self._parsed_options = {}  # type: Dict[str, Tuple[Dict[str, Any], Dict[str, Any]]]
         self._mounts = {}  # type: Dict[str, Dict[str, Any]]
         try:
             self._start()
@@ -2602,7 +2606,7 @@ class Driver(object):
             except BaseException:
                 self._undo_create(name, parsed)
                 raise
-            self._volumes = _with(self._volumes, name, record)
+            self._set(self._volumes, name, record)
 
     def remove(self, name: str) -> None:
         with self._volume_lock(name):
@@ -2667,16 +2671,23 @@ class Driver(object):
         state = self._mounts.get(name) or {"mounts": {}, "mountpoint": None}
         status = {"options": self.redact(record["options"]),
                   "mounts": sum(state["mounts"].values())}  # type: Dict[str, Any]
-        status.update(self.status(name, options))
+        path = state["mountpoint"]
+        try:
+            status.update(self.status(name, options))
+            path = path or self.mountpoint(name, options)
+        except Exception as exc:
+            # Never an error from Get for a volume that exists: the engine
+            # would forget its labels and options (moby volume/service/store.go).
+            log.exception("volume %r: describing it failed", name)
+            status["problem"] = _error_text(exc)
         volume = {"Name": name, "CreatedAt": record["created_at"], "Status": status}
-        path = state["mountpoint"] or self.mountpoint(name, options)
         if path:
             volume["Mountpoint"] = path
         return volume
 
     def list(self) -> "List[Dict[str, Any]]":
         return [{"Name": name, "Mountpoint": self._listed_mountpoint(name, record)}
-                for name, record in self._volumes.items()]
+                for name, record in self._snapshot()]
 
     def path(self, name: str) -> str:
         volume = self.get(name)
@@ -2727,9 +2738,21 @@ class Driver(object):
         """Every volume: name -> {"options", "created_at", "mounts": {id: count}}."""
         return dict((name, {"options": record["options"], "created_at": record["created_at"],
                             "mounts": dict((self._mounts.get(name) or {}).get("mounts", {}))})
-                    for name, record in self._volumes.items())
+                    for name, record in self._snapshot())
 
     # -- internals ----------------------------------------------------------------
+
+    def _set(self, table: "Dict[str, Any]", name: str, value: "Any") -> None:
+        """Set (or, for None, remove) one entry of a table."""
+        with self._tables_lock:
+            if value is None:
+                table.pop(name, None)
+            else:
+                table[name] = value
+
+    def _snapshot(self) -> "List[Tuple[str, Dict[str, Any]]]":
+        with self._tables_lock:
+            return list(self._volumes.items())
 
     def _listed_mountpoint(self, name: str, record: "Dict[str, Any]") -> str:
         state = self._mounts.get(name)
@@ -2739,12 +2762,18 @@ class Driver(object):
 
     def _parsed(self, name: str, record: "Dict[str, Any]") -> "Dict[str, Any]":
         """A recorded volume's options, parsed; never an error that would make
-        the engine take the volume for missing."""
+        the engine take the volume for missing. Kept while the record is the
+        same object: List asks for every volume's."""
+        cached = self._parsed_options.get(name)
+        if cached is not None and cached[0] is record:
+            return cached[1]
         try:
-            return self.parse_options(record.get("options") or {})
+            parsed = self.parse_options(record.get("options") or {})
         except PluginError as exc:
             log.error("volume %r: its recorded options no longer parse: %s", name, exc)
-            return {}
+            parsed = {}
+        self._parsed_options[name] = (record, parsed)
+        return parsed
 
     def _record(self, name: str) -> "Dict[str, Any]":
         record = self._volumes.get(name)
@@ -2778,8 +2807,9 @@ class Driver(object):
             raise _storage_error(exc, self.state_dir)
 
     def _delete_record(self, name: str) -> None:
-        self._volumes = _with(self._volumes, name, None)
-        self._mounts = _with(self._mounts, name, None)
+        self._set(self._volumes, name, None)
+        self._set(self._mounts, name, None)
+        self._parsed_options.pop(name, None)
         for path, durable in ((self._record_path(name), True),
                               (os.path.join(self.run_dir, name + ".json"), False)):
             try:
@@ -2805,13 +2835,13 @@ class Driver(object):
             data = _encode_json({"boot_id": self._boot_id, "mounts": state["mounts"],
                                  "mountpoint": state["mountpoint"]})
             _write_file_atomically(path, data, 0o600, durable=False)
-            self._mounts = _with(self._mounts, name, state)
+            self._set(self._mounts, name, state)
         else:
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-            self._mounts = _with(self._mounts, name, None)
+            self._set(self._mounts, name, None)
 
     def _start(self) -> None:
         """Load the records and finish, or undo, what a crash cut short."""
@@ -2853,19 +2883,6 @@ class Driver(object):
 
     def _upgrade(self) -> None:
         """Convert state of an earlier version; nothing by default."""
-
-
-def _with(mapping: "Dict[str, Any]", key: str, value: "Any") -> "Dict[str, Any]":
-    """A copy of ``mapping`` with ``key`` set to ``value``, or removed for None.
-
-    The driver's tables are replaced, never changed in place, so readers need
-    no lock."""
-    copy = dict(mapping)
-    if value is None:
-        copy.pop(key, None)
-    else:
-        copy[key] = value
-    return copy
 
 
 def _default_run_dir(state_dir: str) -> str:
@@ -2989,6 +3006,12 @@ class DirectoryDriver(Driver):
     def status(self, name: str, options: "Dict[str, Any]") -> "Dict[str, Any]":
         path = self._path(name)
         return {} if _is_real_directory(path) else {"problem": "directory %s is missing" % path}
+
+    def list(self) -> "List[Dict[str, Any]]":
+        # Mounted or not, a volume's path is the same: spare List, which the
+        # engine sends for every `docker volume ls`, a call per volume.
+        root = self.root + os.sep
+        return [{"Name": name, "Mountpoint": root + name} for name, _ in self._snapshot()]
 
     def _path(self, name: str) -> str:
         return os.path.join(self.root, name)

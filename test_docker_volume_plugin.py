@@ -1682,6 +1682,32 @@ class StateTests(QuietLogs, unittest.TestCase):
         self.assertEqual(driver.volumes()["v"]["mounts"], {})
         driver.remove("v")
 
+    @unittest.skipUnless(os.geteuid() == 0 and shutil.which("mkfs.ext4"), "needs root and mkfs.ext4")
+    def test_quota_example_enforces_its_size_and_passes_check(self):
+        sys.path.insert(0, os.path.join(HERE, "examples"))
+        self.addCleanup(sys.path.remove, os.path.join(HERE, "examples"))
+        import quota
+        driver = quota.QuotaVolumes(os.path.join(self.base, "quota"))
+        self.addCleanup(driver.close)
+        driver.create("db", {"size": "16M"})
+        path = driver.mount("db", MOUNT_ID)
+        self.assertTrue(os.path.ismount(path))
+        with self.assertRaises(OSError) as caught:
+            with open(os.path.join(path, "big"), "wb") as f:
+                f.write(b"x" * (20 << 20))
+        self.assertEqual(caught.exception.errno, errno.ENOSPC)
+        driver.unmount("db", MOUNT_ID)
+        self.assertFalse(os.path.ismount(path))
+        driver.remove("db")
+        self.assertEqual(os.listdir(driver.images), [])
+        sock = os.path.join(self.base, "q.sock")
+        server = dvp.UnixPluginServer(sock, driver).start()
+        self.addCleanup(server.stop, 1.0)
+        results = dvp.check_plugin(sock, options={"size": "16M"}, bad_options={"size": "1"})
+        self.assertEqual([(r["rule"], r["detail"]) for r in results if not r["passed"]], [])
+        lines = [l for l in open(quota.__file__) if l.strip() and not l.strip().startswith("#")]
+        self.assertLess(len(lines), 70)
+
     def test_readme_driver_with_driver_options_passes_check(self):
         module = os.path.join(self.base, "hostdirs.py")
         with open(module, "w") as f:
@@ -2683,6 +2709,46 @@ class EngineTests(unittest.TestCase):
         self.assertEqual(self.listed(name), ["mem"])
         self.docker("volume", "rm", "mem")
         self.assertEqual(self.listed(name), [])
+
+    def test_readme_base_class_driver_with_driver_options(self):
+        module = os.path.join(self.base, "hostdirs.py")
+        with open(module, "w") as f:
+            f.write(hostdirs_example())
+        allowed = os.path.join(self.base, "srv")
+        os.mkdir(allowed, 0o700)
+        name, _, _ = self.start_plugin(extra=["--driver", module + ":HostDirectories", "--driver-opt",
+                                              "state_dir=" + os.path.join(self.base, "state"),
+                                              "--driver-opt", "allowed=" + allowed])
+        refused = self.docker("volume", "create", "-d", name, "-o", "path=/etc", "bad", check=False)
+        self.assertIn("VolumeDriver.Create: path /etc is not under", refused.stderr)
+        self.docker("volume", "create", "-d", name, "-o", "path=" + os.path.join(allowed, "web"), "web")
+        self.run_container(name, "--rm", "-v", "web:/data", IMAGE, "sh", "-c", "echo hi > /data/index")
+        read = self.run_container(name, "--rm", "-v", "web:/data", IMAGE, "cat", "/data/index")
+        self.assertEqual(read.stdout, "hi\n")
+        self.assertEqual(self.inspect("web")["Mountpoint"], os.path.join(allowed, "web"))
+        self.docker("volume", "rm", "web")
+        self.assertEqual(self.listed(name), [])
+        with open(os.path.join(allowed, "web", "index")) as f:  # the host's data stays
+            self.assertEqual(f.read(), "hi\n")
+
+    def test_mounts_command_refuses_while_a_container_uses_the_volume(self):
+        name, root, _ = self.start_plugin()
+        self.docker("volume", "create", "-d", name, "held")
+        self.run_container(name, "-d", "--name", name + "-user", "-v", "held:/data", IMAGE, "sleep", "300")
+        command = [sys.executable, MODULE, "mounts", "--root", root, "--plugin", name]
+        shown = _command(command)
+        self.assertRegex(shown.stdout, r"\nheld\s+1\s+[0-9a-f]{64}\(1\)\n")
+        refused = _command(command + ["--release", "held"], check=False)
+        self.assertEqual(refused.returncode, 1)
+        self.assertIn("Docker's running container(s) %s-user use volume held" % name, refused.stderr)
+        self.docker("rm", "-f", name + "-user")
+        # A mount no engine will release (its container died with a crashed engine):
+        with dvp.PluginClient(name) as client:
+            client.mount("held", "f" * 64)
+        self.assertIn("in use", self.docker("volume", "rm", "held", check=False).stderr)
+        released = _command(command + ["--release", "held"])
+        self.assertEqual(released.stdout, "released 1 mount(s) of volume held\n")
+        self.docker("volume", "rm", "held")
 
     def test_check_by_name_passes_on_the_engine_host(self):
         name, root, _ = self.start_plugin()
