@@ -80,6 +80,9 @@ def measure(module, layout, count, calls, base):
     proc = serve(module, root, sock)
     try:
         with dvp.PluginClient(sock, timeout=300) as client:
+            for _ in range(5):  # warm up: first calls pay for caches and imports
+                client.create("warm", {})
+                client.remove("warm")
             names = ["new%04d" % i for i in range(calls)]
             row = {}
             row["create"] = statistics.median(timed(client.create, n, {}) for n in names)
