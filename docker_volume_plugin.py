@@ -28,20 +28,23 @@ volume driver::
     import docker_volume_plugin as dvp
     dvp.serve(MyDriver(), name="mydriver")   # /run/docker/plugins/mydriver.sock
 
-Or run the built-in directory driver without writing any code::
+Or subclass :class:`Driver`, which keeps crash-safe records, counts mounts
+per ID, locks each volume and checks names and options, and write only the
+storage part; or run the built-in directory driver without writing any code::
 
     python3 docker_volume_plugin.py serve --name dirs --root /srv/volumes
 
-Runs unchanged on CPython 3.6 to 3.13. Importing it has no side effects.
-Copy the file into your project if you like; keep this header with it.
+Runs unchanged on CPython 3.6 to 3.13, with Docker and with Podman.
+Importing it has no side effects. Copy the file into your project if you
+like; keep this header with it.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "PluginError", "VolumeNotFound", "PluginCallError",
     "Plugin", "PluginRequestHandler", "UnixPluginServer", "TCPPluginServer",
-    "PluginClient", "DirectoryDriver",
+    "PluginClient", "Driver", "DirectoryDriver", "uint_option", "mode_option", "size_option",
     "serve", "write_spec_file", "write_json_spec_file", "find_plugin", "check_plugin", "main",
 ]
 
@@ -1056,6 +1059,8 @@ class _PluginServerMixin(object):
         self._handlers = set()  # type: set
         self._connections = 0
         self._body_memory = 0
+        #: When serve_forever() last went round its loop.
+        self.last_turn = _monotonic()
         self._at_limit = False  # logged once each time a limit is reached
 
     def get_request(self) -> "Any":
@@ -1135,6 +1140,11 @@ class _PluginServerMixin(object):
             self.shutdown_request(request)
             self._free_slot()
 
+    def service_actions(self) -> None:
+        """Called by serve_forever() at every turn (socketserver hook): the
+        watchdog takes it as a sign of life."""
+        self.last_turn = _monotonic()
+
     def handle_error(self, request: "Any", client_address: "Any") -> None:
         log.exception("error while serving a connection")
 
@@ -1207,16 +1217,23 @@ class UnixPluginServer(_PluginServerMixin, socketserver.UnixStreamServer):
     raises OSError and is left alone.
     """
 
-    def __init__(self, path: str, plugin: "Any", mode: int = 0o660,
+    def __init__(self, path: "Optional[str]", plugin: "Any", mode: int = 0o660,
                  group: "Optional[Any]" = None, idle_timeout: float = IDLE_TIMEOUT,
                  request_timeout: float = REQUEST_TIMEOUT,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES,
+                 sock: "Optional[socket.socket]" = None) -> None:
         self._setup_plugin(plugin, idle_timeout, request_timeout, max_body_bytes)
         self.mode = mode
         self.group = group
         self._inode = None  # type: Optional[Tuple[int, int]]
         self._lock_fd = -1
-        socketserver.UnixStreamServer.__init__(self, os.path.abspath(path),
+        if sock is not None:  # listening already, and owned by whoever made it
+            socketserver.UnixStreamServer.__init__(self, sock.getsockname(), PluginRequestHandler,
+                                                   bind_and_activate=False)
+            self.socket.close()
+            self.socket = sock
+            return
+        socketserver.UnixStreamServer.__init__(self, os.path.abspath(str(path)),
                                                PluginRequestHandler)
 
     @property
@@ -1249,7 +1266,8 @@ class UnixPluginServer(_PluginServerMixin, socketserver.UnixStreamServer):
         socketserver.UnixStreamServer.server_close(self)
         try:
             st = os.stat(self.server_address)
-            if (st.st_dev, st.st_ino) == self._inode:  # never remove a successor's socket
+            # Never a successor's socket, nor one systemd passed us (no inode of ours).
+            if (st.st_dev, st.st_ino) == self._inode:
                 os.unlink(self.server_address)
         except OSError:
             pass
@@ -1344,15 +1362,22 @@ class TCPPluginServer(_PluginServerMixin, socketserver.TCPServer):
 
     allow_reuse_address = True
 
-    def __init__(self, address: "Tuple[str, int]", plugin: "Any",
+    def __init__(self, address: "Optional[Tuple[str, int]]", plugin: "Any",
                  name: "Optional[str]" = None, spec_dir: str = PLUGIN_SPEC_DIR,
                  idle_timeout: float = IDLE_TIMEOUT, request_timeout: float = REQUEST_TIMEOUT,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES,
+                 sock: "Optional[socket.socket]" = None) -> None:
         self._setup_plugin(plugin, idle_timeout, request_timeout, max_body_bytes)
-        host = address[0] or "127.0.0.1"
+        if sock is not None:  # listening already
+            address = sock.getsockname()[:2]
+        host = address[0] or "127.0.0.1"  # type: ignore
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.spec_path = None  # type: Optional[str]
-        socketserver.TCPServer.__init__(self, (host, address[1]), PluginRequestHandler)
+        socketserver.TCPServer.__init__(self, (host, address[1]), PluginRequestHandler,  # type: ignore
+                                        bind_and_activate=sock is None)
+        if sock is not None:
+            self.socket.close()
+            self.socket = sock
         # The protocol has no authentication: whoever connects can create,
         # mount and remove volumes, as root.
         if host in ("127.0.0.1", "::1", "localhost"):
@@ -1388,16 +1413,28 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
     """Serve ``driver`` (a driver or a :class:`Plugin`) until SIGTERM or SIGINT.
 
     Listens on ``socket_path`` (default ``/run/docker/plugins/NAME.sock``), or
-    on ``tcp_address`` with a spec file in ``spec_dir``. On SIGTERM or SIGINT
-    it stops accepting, lets calls in flight finish for up to
-    ``drain_timeout`` seconds, removes its socket or spec file and returns.
-    Handling SIGTERM explicitly also makes it stop as PID 1 in a container.
-    Must be called from the main thread.
+    on ``tcp_address`` with a spec file in ``spec_dir``; started by systemd
+    socket activation, on the sockets it passed instead (``LISTEN_FDS``),
+    which it never removes. On SIGTERM, SIGINT, SIGHUP or SIGQUIT it stops
+    accepting, lets calls in flight finish for up to ``drain_timeout``
+    seconds, removes its socket or spec file and returns. Handling SIGTERM
+    explicitly also makes it stop as PID 1 in a container. Under systemd it
+    reports readiness, status and stopping, and keeps the watchdog fed while
+    it serves (sd_notify(3)). Must be called from the main thread.
     """
-    if tcp_address is not None:
-        server = TCPPluginServer(tcp_address, driver, name=name, spec_dir=spec_dir)  # type: Any
-    else:
-        server = UnixPluginServer(socket_path or _default_socket_path(name), driver, group=group)
+    plugin = driver if isinstance(driver, Plugin) else Plugin(driver)
+    servers = []  # type: List[Any]
+    for sock in _systemd_sockets():
+        if sock.family == socket.AF_UNIX:
+            servers.append(UnixPluginServer(None, plugin, sock=sock))
+        else:
+            servers.append(TCPPluginServer(None, plugin, name=name, spec_dir=spec_dir, sock=sock))
+    if not servers and tcp_address is not None:
+        servers.append(TCPPluginServer(tcp_address, plugin, name=name, spec_dir=spec_dir))
+    elif not servers:
+        servers.append(UnixPluginServer(socket_path or _default_socket_path(name), plugin,
+                                        group=group))
+    server = servers[0]
 
     def on_signal(signum: int, frame: "Any") -> None:
         log.info("signal %d received: stopping", signum)
@@ -1410,14 +1447,106 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
     # socket: one left behind makes Docker hang 15 s on each `volume ls`.
     signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+    systemd = _Systemd()
     try:
-        log.info("serving %s on %s", ", ".join(server.plugin.implements), server.address)
+        for other in servers[1:]:
+            other.start()
+        description = _describe(plugin, servers)
+        log.info("serving %s", description)
+        systemd.notify("READY=1\nSTATUS=serving " + description)
+        systemd.start_watchdog(lambda: _monotonic() - server.last_turn < 5.0)
         server.serve_forever()
     finally:
-        server.stop(drain_timeout)
+        systemd.notify("STOPPING=1")
+        systemd.stop_watchdog()
+        for each in servers:
+            each._stopping = True
+            each.stop(drain_timeout)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("stopped")
+
+
+def _describe(plugin: Plugin, servers: "List[Any]") -> str:
+    """What is served where: the driver, its root, its volumes, the addresses."""
+    driver = plugin.driver
+    details = [type(driver).__name__] if driver is not None else []
+    where = getattr(driver, "root", None) or getattr(driver, "state_dir", None)
+    if where:
+        details.append("root %s" % where)
+    if driver is not None:
+        try:
+            details.append("%d volume(s)" % len(driver.list()))
+        except Exception:
+            pass
+    return "%s%s on %s" % (", ".join(plugin.implements) or "nothing",
+                           " (%s)" % ", ".join(details) if details else "",
+                           ", ".join(each.address for each in servers))
+
+
+def _systemd_sockets() -> "List[socket.socket]":
+    """The listening sockets systemd passed us (sd_listen_fds(3)), or [].
+
+    Honoured only when ``LISTEN_PID`` is this process; the variables are
+    removed either way, so a child never takes them for its own.
+    """
+    pid, count = os.environ.pop("LISTEN_PID", ""), os.environ.pop("LISTEN_FDS", "")
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if pid != str(os.getpid()) or not _DIGITS.match(count) or len(count) > 4:
+        return []
+    sockets = []
+    for fd in range(3, 3 + int(count)):  # SD_LISTEN_FDS_START
+        os.set_inheritable(fd, False)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, os.dup(fd))
+        family = probe.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_DOMAIN", 39))
+        probe.close()
+        sockets.append(socket.socket(family, socket.SOCK_STREAM, 0, fd))
+    log.info("socket activation: serving %d socket(s) systemd passed", len(sockets))
+    return sockets
+
+
+class _Systemd(object):
+    """sd_notify(3): readiness, status and the watchdog; silent without systemd."""
+
+    def __init__(self) -> None:
+        address = os.environ.get("NOTIFY_SOCKET", "")
+        # An abstract socket is written with a leading "@".
+        self.address = "\0" + address[1:] if address.startswith("@") else address
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        watchdog_pid = os.environ.get("WATCHDOG_PID")
+        ours = watchdog_pid is None or watchdog_pid == str(os.getpid())
+        self.interval = int(usec) / 2e6 if ours and _DIGITS.match(usec) and len(usec) < 16 else 0
+        self._stop = threading.Event()
+
+    def notify(self, message: str) -> None:
+        if not self.address:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.sendto(message.encode("utf-8", "replace"), self.address)
+        except OSError as exc:
+            log.debug("sd_notify to %r failed: %s", self.address, exc)
+        finally:
+            sock.close()
+
+    def start_watchdog(self, healthy: "Callable[[], bool]") -> None:
+        """Send WATCHDOG=1 every half interval while ``healthy()`` says so."""
+        if not self.address or not self.interval:
+            return
+
+        def feed() -> None:
+            while not self._stop.wait(self.interval):
+                if healthy():
+                    self.notify("WATCHDOG=1")
+                else:
+                    log.error("the server loop is stuck: not feeding systemd's watchdog")
+        thread = threading.Thread(target=feed, name="docker-volume-plugin-watchdog")
+        thread.daemon = True
+        thread.start()
+
+    def stop_watchdog(self) -> None:
+        self._stop.set()
+
 
 def _raise_descriptor_limit() -> None:
     """Raise the soft limit on open files to the hard one: one per connection."""

@@ -794,6 +794,161 @@ class TCPServerTests(QuietLogs, unittest.TestCase):
         self.assertFalse(os.path.exists(spec_path))
 
 
+# -- systemd: socket activation, readiness, watchdog, unit files ----------------------
+
+UNITS = os.path.join(HERE, "examples", "systemd")
+
+
+class SystemdTests(unittest.TestCase):
+    """With systemd's own tools: systemd-socket-activate and systemd-analyze."""
+
+    def setUp(self):
+        if not shutil.which("systemd-socket-activate"):
+            self.skipTest("needs systemd-socket-activate (Debian's systemd package)")
+        self.base = temp_dir(self)
+        self.root = os.path.join(self.base, "root")
+        self.env = dict(os.environ, PYTHONPATH=HERE)
+
+    def notifications(self, abstract=False):
+        """A datagram socket as systemd's NOTIFY_SOCKET; returns (socket, its address)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        if abstract:
+            name = "dvp-test-%s" % os.urandom(6).hex()
+            sock.bind("\0" + name)
+            address = "@" + name
+        else:
+            address = os.path.join(self.base, "notify")
+            sock.bind(address)
+        sock.settimeout(10)
+        return sock, address
+
+    def test_systemd_socket_activate_starts_the_plugin_on_first_use(self):
+        sock = os.path.join(self.base, "p.sock")
+        proc = _spawn(self, ["systemd-socket-activate", "-l", sock, "--fdname=plugin",
+                             sys.executable, MODULE, "serve", "--root", self.root],
+                      stderr=subprocess.PIPE, universal_newlines=True, env=self.env)
+        for _ in range(200):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        self.assertFalse(os.path.exists(self.root))  # nothing started yet
+        with dvp.PluginClient(sock, timeout=20) as client:  # this call starts it
+            self.assertEqual(client.activate(), ["VolumeDriver"])
+            client.create("v", {"mode": "0700"})
+            self.assertEqual(client.mount("v", MOUNT_ID), os.path.join(self.root, "v"))
+            client.unmount("v", MOUNT_ID)
+        proc.terminate()
+        self.assertEqual(proc.wait(15), 0)
+        self.assertTrue(stat.S_ISSOCK(os.stat(sock).st_mode))  # systemd's socket: left in place
+        log_text = proc.stderr.read()
+        self.assertIn("socket activation: serving 1 socket(s) systemd passed", log_text)
+        self.assertIn("DirectoryDriver, root %s" % self.root, log_text)
+
+    def test_a_bound_socket_passed_by_descriptor(self):
+        path, unused = os.path.join(self.base, "passed.sock"), os.path.join(self.base, "own.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(16)
+        fd = listener.fileno()
+        move = "" if fd == 3 else "exec 3<&%d %d<&-; " % (fd, fd)  # sd_listen_fds starts at 3
+        proc = _spawn(self, ["sh", "-c", move + 'LISTEN_PID=$$ LISTEN_FDS=1 '
+                             'LISTEN_FDNAMES=plugin exec "$@"', "sh", sys.executable,
+                             MODULE, "serve", "--root", self.root, "--socket", unused],
+                      pass_fds=[fd], stderr=subprocess.PIPE, universal_newlines=True, env=self.env)
+        listener.close()
+        with dvp.PluginClient(path, timeout=20) as client:
+            self.assertEqual(client.activate(), ["VolumeDriver"])
+        self.assertFalse(os.path.exists(unused))  # the passed socket, not one of its own
+        proc.terminate()
+        self.assertEqual(proc.wait(15), 0)
+        self.assertTrue(os.path.exists(path))
+
+    def test_listen_pid_of_another_process_is_ignored_and_cleared(self):
+        saved = dict((k, os.environ.get(k)) for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"))
+
+        def restore():
+            for key, value in saved.items():
+                os.environ.pop(key, None)
+                if value is not None:
+                    os.environ[key] = value
+        self.addCleanup(restore)
+        for pid, fds in ((os.getpid() + 1, "1"), (os.getpid(), "0"), (os.getpid(), "x")):
+            os.environ.update(LISTEN_PID=str(pid), LISTEN_FDS=fds, LISTEN_FDNAMES="plugin")
+            self.assertEqual(dvp._systemd_sockets(), [])
+            for key in saved:  # children never see them
+                self.assertNotIn(key, os.environ)
+        sock = os.path.join(self.base, "p.sock")
+        proc = _spawn(self, [sys.executable, MODULE, "serve", "--root", self.root, "--socket", sock],
+                      env=dict(self.env, LISTEN_PID="1", LISTEN_FDS="1"), stderr=subprocess.PIPE,
+                      universal_newlines=True)
+        _wait_for_socket(sock, proc)  # made its own socket
+        proc.terminate()
+        self.assertEqual(proc.wait(15), 0)
+        self.assertFalse(os.path.exists(sock))  # and removed its own
+
+    def test_readiness_status_watchdog_and_stopping(self):
+        notify, address = self.notifications()
+        sock = os.path.join(self.base, "p.sock")
+        proc = _spawn(self, [sys.executable, MODULE, "serve", "--root", self.root, "--socket", sock],
+                      env=dict(self.env, NOTIFY_SOCKET=address, WATCHDOG_USEC="200000"),
+                      stderr=subprocess.PIPE, universal_newlines=True)
+        first = notify.recv(4096).decode()
+        self.assertTrue(first.startswith("READY=1\nSTATUS=serving VolumeDriver (DirectoryDriver, "
+                                         "root %s, 0 volume(s)) on unix://%s" % (self.root, sock)),
+                        first)
+        with dvp.PluginClient(sock) as client:  # ready means it answers
+            client.activate()
+        self.assertEqual([notify.recv(64) for _ in range(3)], [b"WATCHDOG=1"] * 3)
+        proc.terminate()
+        messages = []
+        while b"STOPPING=1" not in messages:
+            messages.append(notify.recv(64))
+        self.assertEqual(proc.wait(15), 0)
+
+    def test_abstract_notify_socket_and_a_watchdog_for_another_pid(self):
+        notify, address = self.notifications(abstract=True)
+        sock = os.path.join(self.base, "p.sock")
+        proc = _spawn(self, [sys.executable, MODULE, "serve", "--root", self.root, "--socket", sock],
+                      env=dict(self.env, NOTIFY_SOCKET=address, WATCHDOG_USEC="100000",
+                               WATCHDOG_PID="1"), stderr=subprocess.PIPE, universal_newlines=True)
+        self.assertTrue(notify.recv(4096).startswith(b"READY=1\n"))
+        notify.settimeout(0.5)
+        with self.assertRaises(socket.timeout):  # the watchdog is another process's
+            notify.recv(64)
+        proc.terminate()
+        notify.settimeout(10)
+        self.assertEqual(notify.recv(64), b"STOPPING=1")
+        self.assertEqual(proc.wait(15), 0)
+
+    def test_without_systemd_nothing_is_sent(self):
+        systemd = dvp._Systemd()
+        systemd.notify("READY=1")  # no NOTIFY_SOCKET: a silent no-op
+        systemd.start_watchdog(lambda: True)
+        systemd.stop_watchdog()
+
+    @unittest.skipUnless(shutil.which("systemd-analyze"), "needs systemd-analyze")
+    def test_shipped_unit_files_verify(self):
+        units = sorted(os.path.join(UNITS, f) for f in os.listdir(UNITS))
+        self.assertEqual([os.path.basename(u) for u in units],
+                         ["docker-volume-plugin-dirs.service", "docker-volume-plugin-dirs.socket"])
+        result = subprocess.run(["systemd-analyze", "verify", "--man=no"] + units,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                universal_newlines=True, timeout=60, cwd=UNITS)
+        self.assertEqual(result.returncode, 0, result.stdout)
+        ours = [line for line in result.stdout.splitlines() if "docker-volume-plugin" in line]
+        self.assertEqual(ours, [])
+        with open(os.path.join(UNITS, "docker-volume-plugin-dirs.socket")) as f:
+            socket_unit = f.read()
+        self.assertIn("ListenStream=/run/docker/plugins/dirs.sock", socket_unit)
+        self.assertIn("Before=docker.service", socket_unit)
+        with open(os.path.join(UNITS, "docker-volume-plugin-dirs.service")) as f:
+            service = f.read()
+        for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ProtectSystem=strict",
+                     "NoNewPrivileges=yes"):
+            self.assertIn(line, service)
+
+
 # -- hardening: other local users, hostile clients, an exhausted host -------------------
 
 NOBODY = 65534
@@ -2749,6 +2904,31 @@ class EngineTests(unittest.TestCase):
         released = _command(command + ["--release", "held"])
         self.assertEqual(released.stdout, "released 1 mount(s) of volume held\n")
         self.docker("volume", "rm", "held")
+
+    def test_socket_activated_plugin_is_started_by_the_engines_first_call(self):
+        EngineTests.counter += 1
+        name = "dvpt%d-%d" % (os.getpid(), EngineTests.counter)
+        sock = os.path.join(dvp.PLUGIN_SOCKET_DIR, name + ".sock")
+        root = os.path.join(self.base, "root")
+        with open(os.path.join(self.base, "plugin.log"), "a") as log_file:
+            proc = _spawn(self, ["systemd-socket-activate", "-l", sock, sys.executable, MODULE, "serve",
+                                 "--name", name, "--root", root], stderr=log_file,
+                          env=dict(os.environ, PYTHONPATH=HERE))
+        # The socket is systemd's: it stays after the plugin stops, so remove it.
+        self.addCleanup(lambda: os.path.exists(sock) and os.unlink(sock))
+        self.addCleanup(self._stop_plugin, proc, sock)
+        self.addCleanup(self._remove_engine_objects, name)
+        for _ in range(200):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        self.assertFalse(os.path.exists(root))  # listening, not started
+        self.docker("volume", "create", "-d", name, "-o", "mode=0750", "activated")
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(root, "activated")).st_mode), 0o750)
+        self.run_container(name, "--rm", "-v", "activated:/data", IMAGE, "sh", "-c", "echo on > /data/f")
+        read = self.run_container(name, "--rm", "-v", "activated:/data", IMAGE, "cat", "/data/f")
+        self.assertEqual(read.stdout, "on\n")
+        self.docker("volume", "rm", "activated")
 
     def test_check_by_name_passes_on_the_engine_host(self):
         name, root, _ = self.start_plugin()

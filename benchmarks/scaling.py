@@ -77,6 +77,7 @@ def timed(call, *args):
 def measure(module, layout, count, calls, base):
     root, sock = os.path.join(base, "root%d-%s" % (count, layout)), os.path.join(base, "p.sock")
     fill(root, count, layout)
+    os.sync()  # else the first fsyncs measured would flush the filling too
     proc = serve(module, root, sock)
     try:
         with dvp.PluginClient(sock, timeout=300) as client:
