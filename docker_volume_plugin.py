@@ -45,7 +45,8 @@ __all__ = [
     "PluginError", "VolumeNotFound", "PluginCallError",
     "Plugin", "PluginRequestHandler", "UnixPluginServer", "TCPPluginServer",
     "PluginClient", "Driver", "DirectoryDriver", "uint_option", "mode_option", "size_option",
-    "serve", "write_spec_file", "write_json_spec_file", "find_plugin", "check_plugin", "main",
+    "serve", "server_tls_context", "write_spec_file", "write_json_spec_file", "find_plugin",
+    "check_plugin", "main",
 ]
 
 import contextlib
@@ -59,7 +60,6 @@ import signal
 import socket
 import socketserver
 import stat
-import struct
 import sys
 import threading
 import time
@@ -711,7 +711,7 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         self.connection = self.request
         self._buffer = b""
         self._deadline = 0.0
-        self._receive_timeout = 0.0
+        self._socket_timeout = -1.0
         #: True from a request's first byte until its reply is sent.
         self.busy = False
         #: When the connection last became idle (waiting for a request).
@@ -733,10 +733,8 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
     def handle(self) -> None:
         server = self.server
         conn = self.connection
-        # A blocking socket with kernel timeouts: with Python's own timeouts
-        # every recv and send would cost an extra poll() system call.
-        conn.settimeout(None)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(server.request_timeout))
+        if hasattr(conn, "do_handshake") and not self._handshake():
+            return
         with server._lock:
             server._handlers.add(self)
         try:
@@ -793,12 +791,23 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _client_gone(self) -> bool:
         """True if the client closed its end while we worked on its request."""
-        try:
-            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
+        import select
+        conn = self.connection
+        if not select.select([conn], [], [], 0)[0] and not getattr(conn, "pending", int)():
             return False  # open, and nothing more sent yet
-        except OSError:
-            return True  # reset
+        try:
+            if not hasattr(conn, "pending"):
+                return conn.recv(1, socket.MSG_PEEK) == b""  # readable: this does not wait
+            # TLS takes no recv flags: keep what came, if anything (a TLS record
+            # that holds no data yet reads as "want read").
+            self._set_timeout(0.1)
+            data = conn.recv(_RECV_BYTES)
+        except socket.timeout:
+            return False
+        except OSError as exc:
+            return "WantRead" not in type(exc).__name__  # else reset
+        self._buffer += data
+        return not data
 
     def _discard_body(self) -> None:
         """Read and drop the body of a request we refuse, if it has one.
@@ -814,17 +823,36 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
 
     # -- reading --------------------------------------------------------------
 
+    def _handshake(self) -> bool:
+        """Finish a TLS handshake within the request deadline; False if it failed.
+
+        Done here, in the connection's thread, so that a client that never
+        finishes its handshake holds up nobody else.
+        """
+        import ssl
+        self._set_timeout(self.server.request_timeout)
+        try:
+            self.connection.do_handshake()
+            return True
+        except socket.timeout:
+            log.warning("TLS: %s did not finish its handshake within %gs", self.address_string(),
+                        self.server.request_timeout)
+        except (ssl.SSLError, OSError) as exc:
+            log.warning("TLS handshake with %s failed: %s", self.address_string(),
+                        getattr(exc, "reason", None) or exc)
+        return False
+
+    def _set_timeout(self, timeout: float) -> None:
+        if timeout != self._socket_timeout:
+            self.connection.settimeout(timeout)
+            self._socket_timeout = timeout
+
     def _recv(self, timeout: float) -> None:
         """Append what the client sends next; raise when it closes or stalls."""
         if timeout <= 0:
             raise socket.timeout()
-        if timeout != self._receive_timeout:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
-            self._receive_timeout = timeout
-        try:
-            data = self.connection.recv(_RECV_BYTES)
-        except (BlockingIOError, socket.timeout):  # SO_RCVTIMEO ran out
-            raise socket.timeout()
+        self._set_timeout(timeout)
+        data = self.connection.recv(_RECV_BYTES)
         if not data:
             raise _ConnectionDone()
         self._buffer += data
@@ -931,6 +959,7 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         if expect.lower() != "100-continue":
             raise _HTTPError(417, "Expect %r not supported" % expect[:50])
         if self.request_version == "HTTP/1.1" and not self._buffer:
+            self._set_timeout(self.server.request_timeout)
             self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _reserve(self, total: int) -> None:
@@ -996,17 +1025,12 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         if start is None:
             start = _STATUS_LINES[status] = _status_line(status)
         head = b"%s%d\r\n%s\r\n" % (start, len(body), extra)
+        self._set_timeout(self.server.request_timeout)  # a client that never reads is cut off
         if len(body) < _RECV_BYTES:  # one send per reply: head and body together
             self.connection.sendall(head + body)
         else:  # a large List: two sends beat copying it
             self.connection.sendall(head)
             self.connection.sendall(body)
-
-
-def _timeval(seconds: float) -> bytes:
-    """A struct timeval for SO_RCVTIMEO/SO_SNDTIMEO."""
-    whole = int(seconds)
-    return struct.pack("@ll", whole, int((seconds - whole) * 1e6))
 
 
 def _status_line(status: int) -> bytes:
@@ -1352,12 +1376,18 @@ def _group_id(group: "Any") -> int:
 
 
 class TCPPluginServer(_PluginServerMixin, socketserver.TCPServer):
-    """Threaded server on TCP, found by the engine through a ``.spec`` file.
+    """Threaded server on TCP, found by the engine through a spec file.
 
     Binds ``host`` (127.0.0.1 by default: the protocol has no authentication)
-    and port (0 picks a free one). With ``name``, writes
-    ``SPEC_DIR/NAME.spec`` holding ``tcp://host:port`` once bound and removes
-    it when the server closes.
+    and port (0 picks a free one). With ``tls_context`` (an
+    :class:`ssl.SSLContext`, see :func:`server_tls_context`) it speaks HTTPS:
+    each handshake is done in the connection's own thread, within the request
+    deadline, and a failed one is logged on one line. With ``name``, writes
+    ``SPEC_DIR/NAME.spec`` holding ``tcp://host:port``, or, with TLS,
+    ``SPEC_DIR/NAME.json`` with ``Addr`` ``https://host:port`` and
+    ``spec_tls`` as its ``TLSConfig`` (``CAFile`` for the engine to verify the
+    plugin, ``CertFile`` and ``KeyFile`` for the engine to present), once
+    bound; it removes the file when the server closes.
     """
 
     allow_reuse_address = True
@@ -1366,8 +1396,10 @@ class TCPPluginServer(_PluginServerMixin, socketserver.TCPServer):
                  name: "Optional[str]" = None, spec_dir: str = PLUGIN_SPEC_DIR,
                  idle_timeout: float = IDLE_TIMEOUT, request_timeout: float = REQUEST_TIMEOUT,
                  max_body_bytes: int = MAX_BODY_BYTES,
-                 sock: "Optional[socket.socket]" = None) -> None:
+                 sock: "Optional[socket.socket]" = None, tls_context: "Any" = None,
+                 spec_tls: "Optional[Dict[str, Any]]" = None) -> None:
         self._setup_plugin(plugin, idle_timeout, request_timeout, max_body_bytes)
+        self.tls_context = tls_context
         if sock is not None:  # listening already
             address = sock.getsockname()[:2]
         host = address[0] or "127.0.0.1"  # type: ignore
@@ -1378,28 +1410,47 @@ class TCPPluginServer(_PluginServerMixin, socketserver.TCPServer):
         if sock is not None:
             self.socket.close()
             self.socket = sock
-        # The protocol has no authentication: whoever connects can create,
-        # mount and remove volumes, as root.
-        if host in ("127.0.0.1", "::1", "localhost"):
+        # The protocol has no authentication of its own: without TLS client
+        # certificates, whoever connects can create, mount and remove volumes.
+        if tls_context is not None and tls_context.verify_mode == _CERT_REQUIRED:
+            log.info("TLS on %s: clients must present a certificate from the CA", self.address)
+        elif tls_context is not None:
+            log.warning("TLS on %s without --tls-ca: any client that reaches it controls your "
+                        "volumes", self.address)
+        elif _is_loopback(host):
             log.warning("listening on plain TCP %s: every local user can reach it and control "
                         "your volumes; prefer the Unix socket", host)
         else:
             log.warning("listening on plain TCP %s: anyone who can reach it controls your "
                         "volumes", host)
         if name is not None:
-            self.spec_path = write_spec_file(name, self.address, spec_dir)
+            if tls_context is None:
+                self.spec_path = write_spec_file(name, self.address, spec_dir)
+            else:
+                self.spec_path = write_json_spec_file(name, self.address, spec_dir, spec_tls)
+            with open(self.spec_path, "rb") as spec:
+                self._spec_data = spec.read()
 
     @property
     def address(self) -> str:
         host, port = self.server_address[:2]
-        return "tcp://%s:%d" % ("[%s]" % host if ":" in host else host, port)
+        return "%s://%s:%d" % ("https" if self.tls_context is not None else "tcp",
+                               "[%s]" % host if ":" in host else host, port)
+
+    def get_request(self) -> "Any":
+        request, client_address = _PluginServerMixin.get_request(self)
+        if self.tls_context is not None:
+            # No handshake here: the accept loop must never wait on a client.
+            request = self.tls_context.wrap_socket(request, server_side=True,
+                                                   do_handshake_on_connect=False)
+        return request, client_address
 
     def server_close(self) -> None:
         socketserver.TCPServer.server_close(self)
         if self.spec_path is not None:
             try:
-                with open(self.spec_path) as spec:
-                    ours = spec.read().strip() == self.address
+                with open(self.spec_path, "rb") as spec:
+                    ours = spec.read() == self._spec_data
                 if ours:  # never remove a spec that another instance rewrote
                     os.unlink(self.spec_path)
             except OSError:
@@ -1407,13 +1458,43 @@ class TCPPluginServer(_PluginServerMixin, socketserver.TCPServer):
             self.spec_path = None
 
 
+_CERT_REQUIRED = 2  # ssl.CERT_REQUIRED, without importing ssl for every plugin
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def server_tls_context(cert: str, key: str, ca: "Optional[str]" = None) -> "Any":
+    """An :class:`ssl.SSLContext` for a plugin: TLS 1.2 at least, our
+    certificate, and with ``ca`` client certificates required and verified
+    against it (the engine presents the ``CertFile`` of the spec's TLSConfig)."""
+    import ssl  # only TLS plugins need it
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if hasattr(ssl, "TLSVersion"):
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+    else:  # Python 3.6
+        context.options |= ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1
+    context.load_cert_chain(cert, key)
+    if ca:
+        context.load_verify_locations(ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optional[str]" = None,
           tcp_address: "Optional[Tuple[str, int]]" = None, spec_dir: str = PLUGIN_SPEC_DIR,
-          group: "Optional[Any]" = None, drain_timeout: float = DRAIN_TIMEOUT) -> None:
+          group: "Optional[Any]" = None, drain_timeout: float = DRAIN_TIMEOUT,
+          tls_context: "Any" = None, spec_tls: "Optional[Dict[str, Any]]" = None,
+          insecure_tcp: bool = False) -> None:
     """Serve ``driver`` (a driver or a :class:`Plugin`) until SIGTERM or SIGINT.
 
     Listens on ``socket_path`` (default ``/run/docker/plugins/NAME.sock``), or
-    on ``tcp_address`` with a spec file in ``spec_dir``; started by systemd
+    on ``tcp_address`` with a spec file in ``spec_dir``: with ``tls_context``
+    over HTTPS and a ``.json`` spec whose TLSConfig is ``spec_tls`` (see
+    :class:`TCPPluginServer`). Plain TCP on an address other than loopback
+    is refused unless ``insecure_tcp``: anyone who reaches it could create,
+    mount and remove volumes as root. Started by systemd
     socket activation, on the sockets it passed instead (``LISTEN_FDS``),
     which it never removes. On SIGTERM, SIGINT, SIGHUP or SIGQUIT it stops
     accepting, lets calls in flight finish for up to ``drain_timeout``
@@ -1428,9 +1509,17 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
         if sock.family == socket.AF_UNIX:
             servers.append(UnixPluginServer(None, plugin, sock=sock))
         else:
-            servers.append(TCPPluginServer(None, plugin, name=name, spec_dir=spec_dir, sock=sock))
+            servers.append(TCPPluginServer(None, plugin, name=name, spec_dir=spec_dir, sock=sock,
+                                           tls_context=tls_context, spec_tls=spec_tls))
     if not servers and tcp_address is not None:
-        servers.append(TCPPluginServer(tcp_address, plugin, name=name, spec_dir=spec_dir))
+        if tls_context is None and not insecure_tcp and not _is_loopback(tcp_address[0] or
+                                                                           "127.0.0.1"):
+            raise ValueError("refusing plain TCP on %s: anyone who can reach it could create, "
+                             "mount and remove volumes as root. Serve TLS with client "
+                             "certificates (--tls-cert, --tls-key, --tls-ca), or say "
+                             "--insecure-tcp" % tcp_address[0])
+        servers.append(TCPPluginServer(tcp_address, plugin, name=name, spec_dir=spec_dir,
+                                       tls_context=tls_context, spec_tls=spec_tls))
     elif not servers:
         servers.append(UnixPluginServer(socket_path or _default_socket_path(name), plugin,
                                         group=group))
@@ -1945,7 +2034,8 @@ def check_plugin(target: str, options: "Optional[Dict[str, str]]" = None,
                  socket_dir: str = PLUGIN_SOCKET_DIR, spec_dirs: "Iterable[str]" = PLUGIN_SPEC_DIRS,
                  deadline_share: float = _DEADLINE_SHARE,
                  bad_options: "Optional[Dict[str, str]]" = None,
-                 deadline: "Optional[float]" = None) -> "List[Dict[str, Any]]":
+                 deadline: "Optional[float]" = None,
+                 tls: "Optional[Dict[str, Any]]" = None) -> "List[Dict[str, Any]]":
     """Drive a running plugin through Docker's and Podman's call sequences and judge it.
 
     ``target`` is a plugin name (found as Docker, then Podman, would find
@@ -1958,7 +2048,8 @@ def check_plugin(target: str, options: "Optional[Dict[str, str]]" = None,
     ``{"rule", "status", "passed", "detail"}`` per rule, ``status`` being
     ``pass``, ``fail``, ``warn`` or ``skip`` (only ``fail`` is not passed); a
     failure's detail says what was seen and what the engines will do because
-    of it.
+    of it. ``tls`` takes a spec's TLSConfig keys for an https address; by
+    name, the spec's own are used, with the engine's rules.
     """
     lookup = _resolve(target, socket_dir, spec_dirs)
     if lookup.address is None:
@@ -1968,8 +2059,8 @@ def check_plugin(target: str, options: "Optional[Dict[str, str]]" = None,
         return [_result("reachable", "fail", "; ".join([problem] + lookup.notes))]
     detail = "%s, from %s" % (lookup.address, lookup.source)
     results = [_result("reachable", "pass", "; ".join([detail] + lookup.notes))]
-    checker = _Checker(lookup.address, lookup.tls, dict(options or {}), dict(bad_options or {}),
-                       deadline_share, deadline)
+    checker = _Checker(lookup.address, tls if tls is not None else lookup.tls,
+                       dict(options or {}), dict(bad_options or {}), deadline_share, deadline)
     return results + checker.run()
 
 
@@ -3309,7 +3400,18 @@ def _build_parser() -> "Any":
     serve_parser.add_argument("--tcp", metavar="HOST:PORT", type=_parse_tcp,
                               help="listen on TCP instead and write SPEC_DIR/NAME.spec")
     serve_parser.add_argument("--spec-dir", default=PLUGIN_SPEC_DIR,
-                              help="where --tcp writes its .spec file")
+                              help="where --tcp writes its .spec (or, with TLS, .json) file")
+    serve_parser.add_argument("--insecure-tcp", action="store_true",
+                              help="allow plain TCP on an address other than loopback")
+    for flag, what in (("--tls-cert", "the plugin's certificate (PEM): serve HTTPS"),
+                       ("--tls-key", "its private key"),
+                       ("--tls-ca", "the CA that signs the plugin's and the engine's "
+                                    "certificates: clients must present one it signed, and the "
+                                    "spec makes the engine verify the plugin with it"),
+                       ("--tls-client-cert", "the certificate the engine presents (the "
+                                             "spec's CertFile)"),
+                       ("--tls-client-key", "its key (the spec's KeyFile)")):
+        serve_parser.add_argument(flag, metavar="FILE", help=what)
     serve_parser.add_argument("--group", help="group (name or gid) given access to the socket")
     serve_parser.add_argument("--log-level", default="INFO", type=str.upper,
                               choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -3357,6 +3459,9 @@ def _build_parser() -> "Any":
                               help="judge every call against this deadline (default: Podman's "
                                    "%gs, or Docker's own where that is shorter)" % PODMAN_DEADLINE)
     check_parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    for flag, key in (("--tls-ca", "CAFile"), ("--tls-cert", "CertFile"), ("--tls-key", "KeyFile")):
+        check_parser.add_argument(flag, metavar="FILE", help="for an https address: the %s of "
+                                  "a spec's TLSConfig (by name, the spec's own are used)" % key)
     check_parser.add_argument("--socket-dir", default=PLUGIN_SOCKET_DIR,
                               help="where to look for NAME.sock")
     check_parser.add_argument("--spec-dir", action="append", dest="spec_dirs", metavar="DIR",
@@ -3439,13 +3544,38 @@ def _containers_using(volume: str) -> "Optional[List[str]]":
         connection.close()
 
 
+def _tls_arguments(args: "Any") -> "Tuple[Any, Optional[Dict[str, str]]]":
+    """The server's TLS context and the spec's TLSConfig from the --tls-* options."""
+    given = [f for f in ("tls_cert", "tls_key", "tls_ca", "tls_client_cert", "tls_client_key")
+             if getattr(args, f)]
+    if not given:
+        return None, None
+    if args.tcp is None:
+        raise _UsageError("--tls-* options go with --tcp")
+    if not (args.tls_cert and args.tls_key):
+        raise _UsageError("TLS needs both --tls-cert and --tls-key")
+    if bool(args.tls_client_cert) != bool(args.tls_client_key):
+        raise _UsageError("--tls-client-cert and --tls-client-key go together")
+    if args.tls_ca and not args.tls_client_cert:
+        raise _UsageError("--tls-ca requires client certificates: give the engine one with "
+                          "--tls-client-cert and --tls-client-key")
+    spec_tls = {}
+    for key, path in (("CAFile", args.tls_ca), ("CertFile", args.tls_client_cert),
+                      ("KeyFile", args.tls_client_key)):
+        if path:
+            spec_tls[key] = os.path.abspath(path)
+    return server_tls_context(args.tls_cert, args.tls_key, args.tls_ca), spec_tls or None
+
+
 def _check_command(args: "Any") -> int:
     if args.deadline is not None and not args.deadline > 0:
         raise _UsageError("--deadline %r: expected a number of seconds above 0" % args.deadline)
+    tls = dict((key, path) for key, path in (("CAFile", args.tls_ca), ("CertFile", args.tls_cert),
+                                             ("KeyFile", args.tls_key)) if path) or None
     results = check_plugin(args.target, _key_values(args.opt, "-o"), args.socket_dir,
                            args.spec_dirs or PLUGIN_SPEC_DIRS,
                            bad_options=_key_values(args.bad_opt, "--bad-opt"),
-                           deadline=args.deadline)
+                           deadline=args.deadline, tls=tls)
     return _print_check(results, args.json)
 
 
@@ -3478,8 +3608,10 @@ def main(argv: "Optional[List[str]]" = None) -> int:
             if args.driver_opt:
                 raise _UsageError("--driver-opt goes with --driver")
             driver = DirectoryDriver(args.root)
+        tls_context, spec_tls = _tls_arguments(args)
         serve(driver, name=args.name, socket_path=args.socket, tcp_address=args.tcp,
-              spec_dir=args.spec_dir, group=args.group)
+              spec_dir=args.spec_dir, group=args.group, tls_context=tls_context,
+              spec_tls=spec_tls, insecure_tcp=args.insecure_tcp)
     except _UsageError as exc:
         sys.stderr.write("%s: error: %s\n" % (_PROG, exc))
         return 2

@@ -949,6 +949,142 @@ class SystemdTests(unittest.TestCase):
             self.assertIn(line, service)
 
 
+# -- remote plugins: TCP with mutual TLS ----------------------------------------------
+
+
+def make_certificates(directory):
+    """A CA, the plugin's certificate (for 127.0.0.1), the engine's, and another CA's
+    client certificate, made with the openssl command line; returns their paths."""
+    def openssl(*args):
+        subprocess.run(["openssl"] + list(args), check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, cwd=directory, timeout=60)
+    paths = {}
+    for ca in ("ca", "other-ca"):
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca + ".key", "-out",
+                ca + ".pem", "-days", "2", "-subj", "/CN=dvp test " + ca)
+        paths[ca] = os.path.join(directory, ca + ".pem")
+    for name, ca, extensions in (
+            ("plugin", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+            ("engine", "ca", "extendedKeyUsage=clientAuth\n"),
+            ("stranger", "other-ca", "extendedKeyUsage=clientAuth\n")):
+        with open(os.path.join(directory, name + ".ext"), "w") as f:
+            f.write(extensions)
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", name + ".key", "-out",
+                name + ".csr", "-subj", "/CN=" + name)
+        openssl("x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key",
+                "-CAcreateserial", "-out", name + ".pem", "-days", "2", "-extfile", name + ".ext")
+        paths[name] = os.path.join(directory, name + ".pem")
+        paths[name + "-key"] = os.path.join(directory, name + ".key")
+    return paths
+
+
+def _tls_problem():
+    if shutil.which("openssl") is None:
+        return "needs the openssl command line to make test certificates"
+    return None
+
+
+class TLSTests(QuietLogs, unittest.TestCase):
+    """HTTPS with client certificates, and the .json spec that makes the engine use it."""
+
+    @classmethod
+    def setUpClass(cls):
+        problem = _tls_problem()
+        if problem:
+            raise unittest.SkipTest(problem)
+        cls.certificates_dir = tempfile.mkdtemp(prefix="dvp-tls-")
+        cls.certs = make_certificates(cls.certificates_dir)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.certificates_dir, True)
+
+    def setUp(self):
+        super(TLSTests, self).setUp()
+        self.specs = temp_dir(self)
+        c = self.certs
+        self.spec_tls = {"CAFile": c["ca"], "CertFile": c["engine"], "KeyFile": c["engine-key"]}
+        self.server = dvp.TCPPluginServer(
+            ("127.0.0.1", 0), CheckableDriver(temp_dir(self)), name="tlsp", spec_dir=self.specs,
+            request_timeout=1.0, tls_context=dvp.server_tls_context(c["plugin"], c["plugin-key"], c["ca"]),
+            spec_tls=self.spec_tls).start()
+        self.addCleanup(self.server.stop, 1.0)
+        self.port = self.server.server_address[1]
+
+    def client(self, **tls):
+        client = dvp.PluginClient("https://127.0.0.1:%d" % self.port, timeout=5, tls=tls)
+        self.addCleanup(client.close)
+        return client
+
+    def test_the_json_spec_makes_the_engine_verify_and_authenticate(self):
+        self.assertEqual(os.listdir(self.specs), ["tlsp.json"])
+        with open(os.path.join(self.specs, "tlsp.json")) as f:
+            spec = json.load(f)
+        self.assertEqual(spec["Addr"], "https://127.0.0.1:%d" % self.port)
+        self.assertEqual(spec["TLSConfig"], self.spec_tls)
+        # Found by name as the engine finds it, with the spec's TLS rules.
+        with dvp.PluginClient("tlsp", socket_dir=self.specs, spec_dirs=[self.specs]) as client:
+            self.assertEqual(client.activate(), ["VolumeDriver"])
+            client.create("v", {})
+            self.assertEqual(client.get("v")["Name"], "v")
+        results = dvp.check_plugin("tlsp", socket_dir=self.specs, spec_dirs=[self.specs])
+        self.assertEqual([(r["rule"], r["detail"]) for r in results if not r["passed"]], [])
+        self.assertIn("https://127.0.0.1:%d" % self.port, results[0]["detail"])
+        self.server.stop(1.0)
+        self.assertEqual(os.listdir(self.specs), [])  # removed at shutdown
+
+    def test_clients_without_the_right_certificate_are_refused(self):
+        c = self.certs
+        refused = [
+            self.client(CAFile=c["ca"]),  # no client certificate
+            self.client(CAFile=c["ca"], CertFile=c["stranger"], KeyFile=c["stranger-key"]),
+        ]
+        with self.assertLogs("docker_volume_plugin", logging.WARNING) as logs:
+            for client in refused:
+                with self.assertRaises(dvp.PluginCallError):
+                    client.activate()
+            with dvp.PluginClient("tcp://127.0.0.1:%d" % self.port, timeout=5) as plain:
+                with self.assertRaises(dvp.PluginCallError):  # plain HTTP to the TLS port
+                    plain.activate()
+            for _ in range(50):
+                if len(logs.records) >= 3:
+                    break
+                time.sleep(0.05)
+        self.assertEqual(len(logs.records), 3, logs.output)
+        for record in logs.records:
+            self.assertIn("TLS handshake with 127.0.0.1 failed", record.getMessage())
+            self.assertIsNone(record.exc_info)  # one line, no traceback
+        good = self.client(CAFile=c["ca"], CertFile=c["engine"], KeyFile=c["engine-key"])
+        self.assertEqual(good.activate(), ["VolumeDriver"])  # and it keeps serving
+
+    def test_a_handshake_never_finished_is_timed_out(self):
+        c = self.certs
+        stalled = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        self.addCleanup(stalled.close)
+        stalled.sendall(b"\x16\x03\x01")  # the start of a ClientHello, and no more
+        good = self.client(CAFile=c["ca"], CertFile=c["engine"], KeyFile=c["engine-key"])
+        self.assertEqual(good.activate(), ["VolumeDriver"])  # not held up meanwhile
+        with self.assertLogs("docker_volume_plugin", logging.WARNING) as logs:
+            self.assertEqual(stalled.recv(100), b"")  # closed after the 1 s request deadline
+        self.assertIn("did not finish its handshake", logs.output[0])
+
+    def test_plain_tcp_elsewhere_than_loopback_is_refused(self):
+        result = subprocess.run([sys.executable, MODULE, "serve", "--tcp", "0.0.0.0:0", "--root",
+                                 os.path.join(self.specs, "root"), "--spec-dir", self.specs],
+                                stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("refusing plain TCP on 0.0.0.0", result.stderr)
+        self.assertIn("--insecure-tcp", result.stderr)
+        for args, message in ((["--tls-cert", "x"], "--tls-* options go with --tcp"),
+                              (["--tcp", "127.0.0.1:0", "--tls-cert", "x"], "both --tls-cert and"),
+                              (["--tcp", "127.0.0.1:0", "--tls-cert", "x", "--tls-key", "y",
+                                "--tls-ca", "z"], "--tls-ca requires client certificates")):
+            result = subprocess.run([sys.executable, MODULE, "serve"] + args, stderr=subprocess.PIPE,
+                                    universal_newlines=True, timeout=30)
+            self.assertEqual(result.returncode, 2, args)
+            self.assertIn(message, result.stderr)
+
+
 # -- hardening: other local users, hostile clients, an exhausted host -------------------
 
 NOBODY = 65534
@@ -2929,6 +3065,41 @@ class EngineTests(unittest.TestCase):
         read = self.run_container(name, "--rm", "-v", "activated:/data", IMAGE, "cat", "/data/f")
         self.assertEqual(read.stdout, "on\n")
         self.docker("volume", "rm", "activated")
+
+    def test_remote_plugin_over_mutual_tls_through_a_json_spec(self):
+        problem = _tls_problem()
+        if problem:
+            self.fail(problem) if os.environ.get("DVP_ENGINE_TESTS") == "require" else self.skipTest(problem)
+        certs = make_certificates(temp_dir(self))
+        EngineTests.counter += 1
+        name = "dvpt%d-%d" % (os.getpid(), EngineTests.counter)
+        spec = os.path.join(dvp.PLUGIN_SPEC_DIR, name + ".json")
+        with open(os.path.join(self.base, "plugin.log"), "a") as log_file:
+            proc = _spawn(self, [sys.executable, MODULE, "serve", "--name", name, "--root",
+                                 os.path.join(self.base, "root"), "--tcp", "127.0.0.1:0",
+                                 "--tls-cert", certs["plugin"], "--tls-key", certs["plugin-key"],
+                                 "--tls-ca", certs["ca"], "--tls-client-cert", certs["engine"],
+                                 "--tls-client-key", certs["engine-key"]],
+                          stderr=log_file, env=dict(os.environ, PYTHONPATH=HERE))
+        self.addCleanup(self._stop_plugin, proc, spec)
+        self.addCleanup(self._remove_engine_objects, name)
+        for _ in range(200):
+            if os.path.exists(spec):
+                break
+            time.sleep(0.05)
+        with open(spec) as f:
+            self.assertTrue(json.load(f)["Addr"].startswith("https://127.0.0.1:"))
+        self.docker("volume", "create", "-d", name, "-o", "mode=0700", "remote")
+        self.run_container(name, "--rm", "-v", "remote:/data", IMAGE, "sh", "-c", "echo tls > /data/f")
+        read = self.run_container(name, "--rm", "-v", "remote:/data", IMAGE, "cat", "/data/f")
+        self.assertEqual(read.stdout, "tls\n")
+        self.assertEqual(self.listed(name), ["remote"])
+        self.docker("volume", "rm", "remote")
+        with open(os.path.join(self.base, "plugin.log")) as f:
+            self.assertNotIn("handshake", f.read())  # the engine presented its certificate
+        proc.terminate()
+        self.assertEqual(proc.wait(15), 0)
+        self.assertFalse(os.path.exists(spec))
 
     def test_check_by_name_passes_on_the_engine_host(self):
         name, root, _ = self.start_plugin()
