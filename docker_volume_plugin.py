@@ -453,6 +453,9 @@ class Plugin(object):
         self.implements = []  # type: List[str]
         #: How many times ``Plugin.Activate`` was called.
         self.activations = 0
+        #: ``"local"`` or ``"global"`` to announce whatever the driver's
+        #: ``capabilities()`` say (``serve --scope``).
+        self.scope = None  # type: Optional[str]
         self.driver = None  # type: Any
         self._routes = {}  # type: Dict[str, Tuple[Callable[[Dict[str, Any]], Dict[str, Any]], bool]]
         self.add_route("/Plugin.Activate", self._activate, read_only=False)
@@ -641,6 +644,8 @@ class Plugin(object):
     def _volume_capabilities(self, request: "Dict[str, Any]") -> "Dict[str, Any]":
         method = getattr(self.driver, "capabilities", None)
         capabilities = dict(method()) if method is not None else {}
+        if self.scope is not None:
+            capabilities["Scope"] = self.scope
         scope = capabilities.setdefault("Scope", "local")
         if scope not in ("local", "global"):
             raise PluginError("driver capabilities give Scope %r; Docker accepts 'local' or "
@@ -1486,7 +1491,7 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
           tcp_address: "Optional[Tuple[str, int]]" = None, spec_dir: str = PLUGIN_SPEC_DIR,
           group: "Optional[Any]" = None, drain_timeout: float = DRAIN_TIMEOUT,
           tls_context: "Any" = None, spec_tls: "Optional[Dict[str, Any]]" = None,
-          insecure_tcp: bool = False) -> None:
+          insecure_tcp: bool = False, scope: "Optional[str]" = None) -> None:
     """Serve ``driver`` (a driver or a :class:`Plugin`) until SIGTERM or SIGINT.
 
     Listens on ``socket_path`` (default ``/run/docker/plugins/NAME.sock``), or
@@ -1494,7 +1499,8 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
     over HTTPS and a ``.json`` spec whose TLSConfig is ``spec_tls`` (see
     :class:`TCPPluginServer`). Plain TCP on an address other than loopback
     is refused unless ``insecure_tcp``: anyone who reaches it could create,
-    mount and remove volumes as root. Started by systemd
+    mount and remove volumes as root. ``scope`` (``"local"`` or ``"global"``)
+    overrides what the driver's capabilities announce. Started by systemd
     socket activation, on the sockets it passed instead (``LISTEN_FDS``),
     which it never removes. On SIGTERM, SIGINT, SIGHUP or SIGQUIT it stops
     accepting, lets calls in flight finish for up to ``drain_timeout``
@@ -1504,6 +1510,10 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
     it serves (sd_notify(3)). Must be called from the main thread.
     """
     plugin = driver if isinstance(driver, Plugin) else Plugin(driver)
+    if scope is not None:
+        if scope not in ("local", "global"):
+            raise ValueError("scope must be 'local' or 'global', not %r" % scope)
+        plugin.scope = scope
     servers = []  # type: List[Any]
     for sock in _systemd_sockets():
         if sock.family == socket.AF_UNIX:
@@ -3401,6 +3411,10 @@ def _build_parser() -> "Any":
                               help="listen on TCP instead and write SPEC_DIR/NAME.spec")
     serve_parser.add_argument("--spec-dir", default=PLUGIN_SPEC_DIR,
                               help="where --tcp writes its .spec (or, with TLS, .json) file")
+    serve_parser.add_argument("--scope", choices=("local", "global"),
+                              help="the Scope announced to the engine (default: the driver's; "
+                                   "the built-in one's is local). global: the storage is shared "
+                                   "by every node, such as a root on a shared file system")
     serve_parser.add_argument("--insecure-tcp", action="store_true",
                               help="allow plain TCP on an address other than loopback")
     for flag, what in (("--tls-cert", "the plugin's certificate (PEM): serve HTTPS"),
@@ -3611,7 +3625,7 @@ def main(argv: "Optional[List[str]]" = None) -> int:
         tls_context, spec_tls = _tls_arguments(args)
         serve(driver, name=args.name, socket_path=args.socket, tcp_address=args.tcp,
               spec_dir=args.spec_dir, group=args.group, tls_context=tls_context,
-              spec_tls=spec_tls, insecure_tcp=args.insecure_tcp)
+              spec_tls=spec_tls, insecure_tcp=args.insecure_tcp, scope=args.scope)
     except _UsageError as exc:
         sys.stderr.write("%s: error: %s\n" % (_PROG, exc))
         return 2

@@ -3142,6 +3142,115 @@ class EngineTests(unittest.TestCase):
 
 
 
+class SwarmEngineTests(unittest.TestCase):
+    """Plugin volumes for services, with the engine in swarm mode (a one-node swarm).
+
+    The engine is put in swarm mode for these tests and taken out again after.
+    """
+
+    setUp = EngineTests.setUp
+    docker = EngineTests.docker
+    start_plugin = EngineTests.start_plugin
+    _stop_plugin = EngineTests._stop_plugin
+    inspect = EngineTests.inspect
+
+    @classmethod
+    def setUpClass(cls):
+        _skip_or_fail("engine tests", _engine_problem())
+        state = _command([DOCKER, "info", "--format", "{{.Swarm.LocalNodeState}}"]).stdout.strip()
+        cls.joined = state != "active"
+        if cls.joined:
+            _command([DOCKER, "swarm", "init", "--advertise-addr", "127.0.0.1"])
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.joined:
+            _command([DOCKER, "swarm", "leave", "--force"], check=False)
+
+    def _remove_engine_objects(self, driver):
+        for service in self.docker("service", "ls", "-q", "--filter", "label=dvp-test=" + driver).stdout.split():
+            self.docker("service", "rm", service, check=False)
+        self.wait_for(lambda: not self.docker("ps", "-aq", "--filter", "label=com.docker.swarm.service.name",
+                                              "--filter", "volume=" + driver + "-vol").stdout.split(),
+                      "the service's containers to go")
+        EngineTests._remove_engine_objects(self, driver)
+
+    def wait_for(self, predicate, what, seconds=90):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            if predicate():
+                return
+            time.sleep(0.5)
+        self.fail("gave up waiting for " + what)
+
+    def advertise(self, driver):
+        """Have the engine look the plugin up: a node offers swarm only the volume
+        drivers it has used, and tasks wait for one that does ("missing plugin")."""
+        self.docker("volume", "ls", "-q", "--filter", "driver=" + driver)
+        self.wait_for(lambda: "Volume=" + driver in self.docker(
+            "node", "inspect", "self", "--format",
+            "{{range .Description.Engine.Plugins}}{{.Type}}={{.Name}} {{end}}").stdout,
+            "the node to advertise the plugin")
+
+    def service(self, driver, service, *args):
+        volume = "type=volume,source=%s-vol,target=/d,volume-driver=%s,volume-opt=mode=0750" % (driver, driver)
+        self.docker("service", "create", "--detach", "--name", service, "--label", "dvp-test=" + driver,
+                    "--restart-delay", "1s", "--stop-grace-period", "1s", "--mount", volume, *args)
+
+    def mounts(self, driver):
+        """The plugin's own mount count for the test volume, by mount ID."""
+        with dvp.PluginClient(driver, timeout=10) as client:
+            try:
+                client.get(driver + "-vol")
+            except dvp.PluginCallError:
+                return {}
+        root = os.path.join(self.base, "root")
+        run = dvp._default_run_dir(os.path.realpath(os.path.join(root, ".docker-volume-plugin")))
+        try:
+            with open(os.path.join(run, driver + "-vol.json")) as f:
+                return json.load(f)["mounts"]
+        except FileNotFoundError:
+            return {}
+
+    def test_service_replicas_rolling_update_and_removal(self):
+        name, root, _ = self.start_plugin(extra=["--root", os.path.join(self.base, "root"),
+                                                 "--scope", "global"])
+        service = name + "-svc"
+        self.advertise(name)
+        self.service(name, service, IMAGE, "sh", "-c", "hostname >> /d/tasks; sleep 600")
+        self.wait_for(lambda: len(self.mounts(name)) == 1, "the task to mount the volume")
+        volume_dir = os.path.join(root, name + "-vol")
+        self.assertEqual(stat.S_IMODE(os.stat(volume_dir).st_mode), 0o750)  # volume-opt applied
+        self.wait_for(lambda: os.path.exists(os.path.join(volume_dir, "tasks")), "the task to write")
+        self.assertEqual(self.inspect(name + "-vol")["Scope"], "global")
+        self.docker("service", "scale", "--detach", service + "=3")
+        self.wait_for(lambda: len(self.mounts(name)) == 3, "three replicas to mount")
+        self.assertEqual(sorted(self.mounts(name).values()), [1, 1, 1])  # three IDs, one each
+        self.docker("service", "update", "--detach", "--force", service)  # a rolling restart
+        self.wait_for(lambda: self.docker("service", "inspect", service, "--format",
+                                          "{{.UpdateStatus.State}}").stdout.strip() == "completed",
+                      "the rolling update")
+        self.wait_for(lambda: len(self.mounts(name)) == 3, "three mounts after the update")
+        self.assertEqual(sorted(self.mounts(name).values()), [1, 1, 1])  # none leaked
+        with open(os.path.join(volume_dir, "tasks")) as f:
+            self.assertGreaterEqual(len(f.read().split()), 6)  # the new tasks found the same data
+        self.docker("service", "rm", service)
+        self.wait_for(lambda: self.mounts(name) == {}, "every mount to be released")
+
+    def test_task_on_a_plugin_that_is_down_fails_naming_it_then_recovers(self):
+        name, root, proc = self.start_plugin()
+        self.docker("volume", "create", "-d", name, name + "-vol")
+        proc.terminate()
+        proc.wait(15)
+        service = name + "-svc"
+        self.service(name, service, IMAGE, "sleep", "600")
+        errors = lambda: self.docker("service", "ps", service, "--no-trunc", "--format",
+                                     "{{.Error}}").stdout
+        self.wait_for(lambda: name in errors(), "the task to fail naming the plugin", seconds=120)
+        self.start_plugin(name=name, root=root)
+        self.wait_for(lambda: len(self.mounts(name)) == 1, "the task to recover", seconds=120)
+
+
 # -- Podman: the second engine ---------------------------------------------------------
 
 SLOW_DIRS_DRIVER = """
