@@ -84,7 +84,7 @@ _UTC = datetime.timezone.utc
 # Constants ###################################################################
 ###############################################################################
 
-#: Where the engine looks for plugin sockets; fixed in moby (PROTOCOL 1.1).
+#: Where the engine looks for plugin sockets; fixed in moby (pkg/plugins/discovery.go).
 PLUGIN_SOCKET_DIR = "/run/docker/plugins"
 #: The first directory the engine searches for ``.spec``/``.json`` files.
 PLUGIN_SPEC_DIR = "/etc/docker/plugins"
@@ -100,13 +100,13 @@ MAX_HEAD_BYTES = 64 * 1024
 #: Most header lines in one request.
 MAX_HEADER_COUNT = 100
 #: Seconds a keep-alive connection may sit idle between requests. Docker keeps
-#: idle connections forever (PROTOCOL 1.6) and notices when we close one.
+#: idle connections forever (moby pkg/plugins/client.go) and notices when we close one.
 IDLE_TIMEOUT = 120.0
 #: Seconds from a request's first byte until all of it must have arrived, so a
 #: client that dribbles cannot hold a thread.
 REQUEST_TIMEOUT = 10.0
 #: Seconds that SIGTERM waits for calls in flight. Docker's ``plugin disable``
-#: sends SIGKILL 10 s after SIGTERM (PROTOCOL 4.2).
+#: sends SIGKILL 10 s after SIGTERM (moby plugin/manager_linux.go).
 DRAIN_TIMEOUT = 8.0
 
 _RECV_BYTES = 65536
@@ -185,7 +185,7 @@ def format_rfc3339(value: "Any") -> "Optional[str]":
     time, as everywhere in Python), seconds since the epoch, or an RFC 3339
     string with a timezone. Anything else gives None: Docker fails to decode a
     reply with a bad ``CreatedAt`` and then treats the volume as missing
-    (PROTOCOL 3.6, 3.11), so a bad value must be dropped, never sent.
+    (moby volume/drivers/adapter.go, volume/service/store.go), so a bad value must be dropped, never sent.
     """
     try:
         if isinstance(value, datetime.datetime):
@@ -266,7 +266,7 @@ def _string_field(request: "Dict[str, Any]", field: str) -> str:
 
 def _options_field(request: "Dict[str, Any]") -> "Dict[str, str]":
     opts = request.get("Opts")
-    if opts is None:  # docker run -v and --mount send null (PROTOCOL 3.1)
+    if opts is None:  # docker run -v and --mount send null (moby daemon/volumes.go)
         return {}
     if not isinstance(opts, dict):
         raise _BadRequest("Opts must be an object of strings, not %s" % type(opts).__name__)
@@ -376,7 +376,7 @@ def _fsync_directory(directory: str) -> None:
 def write_spec_file(name: str, address: str, directory: str = PLUGIN_SPEC_DIR) -> str:
     """Write ``DIRECTORY/NAME.spec`` holding ``address`` (``tcp://host:port``).
 
-    The engine reads the URL from it (PROTOCOL 1.2); the file is replaced
+    The engine reads the URL from it (moby pkg/plugins/discovery.go); the file is replaced
     atomically. Returns its path.
     """
     return _write_spec(directory, name + ".spec", address, (address + "\n").encode("utf-8"))
@@ -389,7 +389,7 @@ def write_json_spec_file(name: str, address: str, directory: str = PLUGIN_SPEC_D
     ``tls_config`` takes the engine's keys (``CAFile``, ``CertFile``,
     ``KeyFile``, ``InsecureSkipVerify``). Beware: with a ``TLSConfig`` but no
     ``CAFile`` the engine does not verify the plugin's certificate
-    (PROTOCOL 1.2). Returns the file's path.
+    (moby pkg/plugins/discovery.go). Returns the file's path.
     """
     spec = {"Name": name, "Addr": address}  # type: Dict[str, Any]
     if tls_config is not None:
@@ -414,7 +414,7 @@ def _write_spec(directory: str, filename: str, address: str, data: bytes) -> str
 _REQUIRED_METHODS = ("create", "remove", "mount", "unmount", "get", "list")
 
 #: Endpoint -> (Plugin method, read-only). Read-only calls are the engine's
-#: constant polling and are logged at DEBUG (PROTOCOL 3.9).
+#: constant polling and are logged at DEBUG (moby volume/service/store.go).
 _VOLUME_ROUTES = (
     ("/VolumeDriver.Create", "_volume_create", False),
     ("/VolumeDriver.Remove", "_volume_remove", False),
@@ -466,7 +466,7 @@ class Plugin(object):
                   read_only: bool = False) -> None:
         """Serve ``POST path`` with ``handler``; read-only calls log at DEBUG."""
         if not path.startswith("/"):
-            path = "/" + path  # the engine prepends one too (PROTOCOL 1.5)
+            path = "/" + path  # the engine prepends one too (moby pkg/plugins/client.go)
         self._routes[path] = (handler, read_only)
 
     def add_volume_driver(self, driver: "Any") -> None:
@@ -558,7 +558,7 @@ class Plugin(object):
                 (_monotonic() - started) * 1000.0, outcome,
                 exc_info=exc if level == logging.ERROR else None)
 
-    # -- Plugin.Activate and VolumeDriver.* (PROTOCOL 2, 3) ------------------
+    # -- Plugin.Activate and VolumeDriver.* (moby volume/drivers/proxy.go) -----
 
     def _activate(self, request: "Dict[str, Any]") -> "Dict[str, Any]":
         return {"Implements": list(self.implements)}
@@ -596,7 +596,7 @@ class Plugin(object):
 
     def _volume_list(self, request: "Dict[str, Any]") -> "Any":
         # Docker keeps only Name and Mountpoint of list entries, yet a bad
-        # CreatedAt would fail the whole decode (PROTOCOL 3.7): send just those.
+        # CreatedAt would fail the whole decode (moby volume/drivers/adapter.go): send just those.
         listing = self.driver.list()
         if not isinstance(listing, list):
             listing = list(listing)
@@ -663,7 +663,7 @@ def _volume_reply(volume: "Any", name: str) -> "Dict[str, Any]":
 
     The reply echoes the requested name (Docker uses the returned one). A bad
     optional field is dropped with an error in the log rather than sent: a
-    reply Docker cannot decode makes it forget the volume (PROTOCOL 3.6).
+    reply Docker cannot decode makes it forget the volume (moby volume/drivers/adapter.go).
     """
     if not hasattr(volume, "get"):
         raise TypeError("driver's get(%r) returned %r, not a mapping" % (name, volume))
@@ -2017,7 +2017,7 @@ def _tls_context(tls: "Optional[Dict[str, Any]]") -> "Any":
     context = ssl.create_default_context(cafile=tls.get("CAFile") or None)
     if not tls.get("CAFile") or tls.get("InsecureSkipVerify"):
         # The engine skips verification for .spec files and for a TLSConfig
-        # without a CAFile (PROTOCOL 1.2).
+        # without a CAFile (moby pkg/plugins/discovery.go).
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     if tls.get("CertFile"):
@@ -2741,19 +2741,9 @@ class Driver(object):
     max_name_length = MAX_VOLUME_NAME
 
     def __init__(self, state_dir: str, run_dir: "Optional[str]" = None) -> None:
-        _make_directories(os.path.abspath(state_dir), 0o700)
-        self.state_dir = os.path.realpath(state_dir)
-        unsafe = _unsafe_directory(self.state_dir)
-        if unsafe is not None:
-            raise PermissionError(errno.EPERM, "refusing to keep volume state in %s: %s. The "
-                                  "plugin runs as root; give it a directory no other user "
-                                  "can write" % (self.state_dir, unsafe))
-        self.run_dir = run_dir or _default_run_dir(self.state_dir)
-        _make_directories(self.run_dir, 0o700)
-        unsafe = _unsafe_directory(self.run_dir)
-        if unsafe is not None:
-            raise PermissionError(errno.EPERM, "refusing to keep mount counts in %s: %s"
-                                  % (self.run_dir, unsafe))
+        self.state_dir = _private_directory(state_dir, "volume state")
+        self.run_dir = _private_directory(run_dir or _default_run_dir(self.state_dir),
+                                          "mount counts")
         # Readable by root alone: anyone who could open it could flock it
         # and keep the plugin from starting.
         self._lock_fd = _hold_lock(os.path.join(self.run_dir, "lock"), "another process "
@@ -3115,6 +3105,21 @@ class Driver(object):
         """Convert state of an earlier version; nothing by default."""
 
 
+def _private_directory(path: str, what: str) -> str:
+    """Make ``path`` (0700) if it is missing and return it resolved, once: a
+    link in it cannot be turned elsewhere later. One that another user could
+    write is refused: the plugin runs as root, and they could plant links
+    where it writes."""
+    _make_directories(os.path.abspath(path), 0o700)
+    real = os.path.realpath(path)
+    unsafe = _unsafe_directory(real)
+    if unsafe is not None:
+        raise PermissionError(errno.EPERM, "refusing to keep %s in %s: %s. The plugin runs as "
+                              "root; give it a directory no other user can write"
+                              % (what, real, unsafe))
+    return real
+
+
 def _default_run_dir(state_dir: str) -> str:
     """A boot-scoped directory of our own for ``state_dir``'s mount counts."""
     import hashlib
@@ -3179,14 +3184,7 @@ class DirectoryDriver(Driver):
     options = {"uid": uint_option, "gid": uint_option, "mode": mode_option}
 
     def __init__(self, root: str, run_dir: "Optional[str]" = None) -> None:
-        _make_directories(os.path.abspath(root), 0o700)
-        # Resolved once: a link in the path cannot be turned elsewhere later.
-        self.root = os.path.realpath(root)
-        unsafe = _unsafe_directory(self.root)
-        if unsafe is not None:
-            raise PermissionError(errno.EPERM, "refusing to serve volumes from %s: %s. The "
-                                  "plugin runs as root; give it a root no other user can "
-                                  "write" % (self.root, unsafe))
+        self.root = _private_directory(root, "volumes")
         if stat.S_IMODE(os.stat(self.root).st_mode) & 0o077:
             log.info("%s: taking away other users' access to the volumes", self.root)
             try:
