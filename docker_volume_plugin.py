@@ -3193,13 +3193,19 @@ class DirectoryDriver(Driver):
                 log.warning("cannot make %s private: %s", self.root, exc.strerror)
         Driver.__init__(self, os.path.join(self.root, _STATE_DIR), run_dir)
 
+    def create(self, name: str, options: "Dict[str, str]") -> None:
+        # Checked before anything is recorded: a failed create is undone with
+        # destroy(), which must never meet a directory that is not ours.
+        self.check_name(name)
+        if name not in self._volumes and os.path.lexists(self._path(name)):
+            raise PluginError("cannot create volume %r: %s already exists and is not a volume; "
+                              "move it away first" % (name, self._path(name)))
+        Driver.create(self, name, options)
+
     def provision(self, name: str, options: "Dict[str, Any]") -> None:
         path = self._path(name)
         try:
             os.mkdir(path, 0o700)
-        except FileExistsError:
-            raise PluginError("cannot create volume %r: %s already exists and is not a volume; "
-                              "move it away first" % (name, path))
         except OSError as exc:
             raise _storage_error(exc, self.root)
         uid, gid = options.get("uid"), options.get("gid")

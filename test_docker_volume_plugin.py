@@ -1651,6 +1651,11 @@ class DirectoryDriverTests(QuietLogs, unittest.TestCase):
         self.assertEqual(sorted(os.listdir(records)), ["kept.json"])
         self.assertIn("no record: not a volume; left alone", "\n".join(logs.output))
         self.assertIsNone(driver.get("stray"))
+        with self.assertRaises(dvp.PluginError) as caught:  # never taken over, never destroyed
+            driver.create("stray", {})
+        self.assertIn("already exists and is not a volume", str(caught.exception))
+        with open(os.path.join(self.root, "stray", "data")) as f:
+            self.assertEqual(f.read(), "theirs")
         driver.create("creating", {"mode": "0750"})  # the engine's retry starts afresh
         self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.root, "creating")).st_mode), 0o750)
 
