@@ -960,15 +960,20 @@ def make_certificates(directory):
                        stderr=subprocess.DEVNULL, cwd=directory, timeout=60)
     paths = {}
     for ca in ("ca", "other-ca"):
+        # The extensions Python 3.13's strict verification wants of a CA.
         openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca + ".key", "-out",
-                ca + ".pem", "-days", "2", "-subj", "/CN=dvp test " + ca)
+                ca + ".pem", "-days", "2", "-subj", "/CN=dvp test " + ca,
+                "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign")
         paths[ca] = os.path.join(directory, ca + ".pem")
+    leaf = ("keyUsage=critical,digitalSignature,keyEncipherment\n"
+            "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n")
     for name, ca, extensions in (
             ("plugin", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
             ("engine", "ca", "extendedKeyUsage=clientAuth\n"),
             ("stranger", "other-ca", "extendedKeyUsage=clientAuth\n")):
         with open(os.path.join(directory, name + ".ext"), "w") as f:
-            f.write(extensions)
+            f.write(extensions + leaf)
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", name + ".key", "-out",
                 name + ".csr", "-subj", "/CN=" + name)
         openssl("x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key",
