@@ -3328,7 +3328,7 @@ def _boot_id() -> "Optional[str]":
 # Command line ################################################################
 ###############################################################################
 
-_PROG = "docker_volume_plugin"
+_PROG = "docker_volume_plugin"  # main() names itself as it was called, where it can
 
 
 class _UsageError(Exception):
@@ -3381,10 +3381,21 @@ def _load_driver(spec: str, options: "Optional[Dict[str, str]]" = None) -> "Any"
 
 
 def _parse_tcp(value: str) -> "Tuple[str, int]":
+    import argparse
     host, sep, port = value.rpartition(":")
-    if not sep or not _DIGITS.match(port) or int(port) > 65535:
-        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")
+    if not sep or not _DIGITS.match(port) or len(port) > 5 or int(port) > 65535:
+        raise argparse.ArgumentTypeError("%r: expected HOST:PORT, e.g. 127.0.0.1:8080" % value)
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _plugin_name(value: str) -> str:
+    """A plugin name: the engine finds NAME.sock in its plugin directory."""
+    import argparse
+    if not _VOLUME_NAME.match(value) or len(value) > 64:
+        raise argparse.ArgumentTypeError(
+            "%r: a plugin name is 1-64 letters, digits, '_', '.' or '-', starting with a letter "
+            "or digit (the engine looks for NAME.sock)" % value)
+    return value
 
 
 def _build_parser() -> "Any":
@@ -3399,22 +3410,26 @@ def _build_parser() -> "Any":
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True  # add_subparsers(required=) is Python 3.7+
     serve_parser = commands.add_parser(
-        "serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "serve",
         help="run a volume plugin (the built-in directory driver unless --driver)",
         description="Run a volume plugin until SIGTERM or SIGINT. Without --driver it serves "
                     "the built-in directory driver: one directory per volume under --root, "
                     "options uid, gid and mode.")
     serve_parser.add_argument("--name", default="dirs",
-                              help="plugin name, as in `docker volume create -d NAME`")
+                              type=_plugin_name,
+                              help="plugin name, as in `docker volume create -d NAME` "
+                                   "(default: %(default)s)")
     serve_parser.add_argument("--root", default="/var/lib/docker-volumes",
-                              help="directory that holds the volumes (built-in driver)")
+                              help="directory that holds the volumes (built-in driver; "
+                                   "default: %(default)s)")
     serve_parser.add_argument("--socket", metavar="PATH",
                               help="Unix socket to listen on (default: %s/NAME.sock)"
                                    % PLUGIN_SOCKET_DIR)
     serve_parser.add_argument("--tcp", metavar="HOST:PORT", type=_parse_tcp,
                               help="listen on TCP instead and write SPEC_DIR/NAME.spec")
     serve_parser.add_argument("--spec-dir", default=PLUGIN_SPEC_DIR,
-                              help="where --tcp writes its .spec (or, with TLS, .json) file")
+                              help="where --tcp writes its .spec (or, with TLS, .json) file "
+                                   "(default: %(default)s)")
     serve_parser.add_argument("--scope", choices=("local", "global"),
                               help="the Scope announced to the engine (default: the driver's; "
                                    "the built-in one's is local). global: the storage is shared "
@@ -3433,7 +3448,8 @@ def _build_parser() -> "Any":
     serve_parser.add_argument("--group", help="group (name or gid) given access to the socket")
     serve_parser.add_argument("--log-level", default="INFO", type=str.upper,
                               choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                              help="DEBUG also logs the engine's constant Get/List polling")
+                              help="DEBUG also logs the engine's constant Get/List polling "
+                                   "(default: %(default)s)")
     serve_parser.add_argument("--driver", metavar="MODULE:ATTR",
                               help="serve your own driver: a driver object, class or factory "
                                    "from an importable module or a .py file")
@@ -3459,7 +3475,7 @@ def _build_parser() -> "Any":
     mounts_parser.add_argument("--force", action="store_true",
                                help="release even when Docker cannot be asked")
     check_parser = commands.add_parser(
-        "check", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "check",
         help="test a running plugin the way the engine uses it",
         description="Drive a running plugin through the calls the engine makes, on scratch "
                     "volumes it removes afterwards, and judge every reply. Exits 0 only when "
@@ -3481,7 +3497,7 @@ def _build_parser() -> "Any":
         check_parser.add_argument(flag, metavar="FILE", help="for an https address: the %s of "
                                   "a spec's TLSConfig (by name, the spec's own are used)" % key)
     check_parser.add_argument("--socket-dir", default=PLUGIN_SOCKET_DIR,
-                              help="where to look for NAME.sock")
+                              help="where to look for NAME.sock (default: %(default)s)")
     check_parser.add_argument("--spec-dir", action="append", dest="spec_dirs", metavar="DIR",
                               help="where to look for NAME.spec and NAME.json, in order; "
                                    "repeatable (default: %s)" % " then ".join(PLUGIN_SPEC_DIRS))
@@ -3599,6 +3615,9 @@ def _check_command(args: "Any") -> int:
 
 def main(argv: "Optional[List[str]]" = None) -> int:
     """The command line; returns the exit status (0 ok, 1 failure, 2 usage)."""
+    global _PROG
+    if os.path.basename(sys.argv[0]) == "docker-volume-plugin":  # the console script
+        _PROG = "docker-volume-plugin"
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)

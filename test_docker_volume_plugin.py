@@ -2658,7 +2658,20 @@ class CommandLineTests(unittest.TestCase):
         for option in ("--name", "--root", "--socket", "--tcp", "--spec-dir", "--group",
                        "--log-level", "--driver", "/var/lib/docker-volumes"):
             self.assertIn(option, result.stdout)
+        self.assertNotIn("(default: None)", result.stdout)  # each default said once, where it matters
+        self.assertEqual(result.stdout.count("(default: dirs)"), 1)
         self.assertEqual(dvp.main(["--version"]), 0)
+
+    def test_names_and_addresses_are_checked_with_a_plain_message(self):
+        for args, message in ((["serve", "--name", ""], "a plugin name is 1-64 letters"),
+                              (["serve", "--name", "../x"], "a plugin name is 1-64 letters"),
+                              (["serve", "--name", "a/b"], "a plugin name is 1-64 letters"),
+                              (["serve", "--tcp", "x"], "'x': expected HOST:PORT"),
+                              (["serve", "--tcp", "h:99999999"], "expected HOST:PORT")):
+            result = self.run_cli(*args)
+            self.assertEqual(result.returncode, 2, args)
+            self.assertIn(message, result.stderr)
+            self.assertNotIn("_parse_tcp", result.stderr)
 
     def test_bad_values_give_one_line_and_no_traceback(self):
         for args, code in ((["serve", "--tcp", "nohost"], 2), (["serve", "--log-level", "LOUD"], 2),
