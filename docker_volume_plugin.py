@@ -56,6 +56,7 @@ import json
 import logging
 import os
 import re
+import select
 import signal
 import socket
 import socketserver
@@ -796,7 +797,6 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _client_gone(self) -> bool:
         """True if the client closed its end while we worked on its request."""
-        import select
         conn = self.connection
         if not select.select([conn], [], [], 0)[0] and not getattr(conn, "pending", int)():
             return False  # open, and nothing more sent yet
@@ -2660,6 +2660,8 @@ _VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
 MAX_VOLUME_NAME = 200
 #: Digits accepted in a number option: 4294967294 has ten.
 _MAX_ID_DIGITS = 10
+#: Octal permissions, the sticky bit at most: setuid and setgid are refused.
+_MODE = re.compile(r"0?1?[0-7]{1,3}\Z")
 _BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 _RECORD_VERSION = 2
 #: Where boot-scoped state (mount counts, the lock) lives when run as root.
@@ -2676,7 +2678,7 @@ def uint_option(value: str) -> int:
 
 def mode_option(value: str) -> int:
     """An option parser: octal permissions from 0 to 1777 (setuid and setgid refused)."""
-    if not re.match(r"0?1?[0-7]{1,3}\Z", value):
+    if not _MODE.match(value):
         raise ValueError("must be octal permissions from 0 to 1777, such as 0755 (setuid and "
                          "setgid are refused)")
     return int(value, 8)
