@@ -110,6 +110,11 @@ REQUEST_TIMEOUT = 10.0
 #: sends SIGKILL 10 s after SIGTERM (moby plugin/manager_linux.go).
 DRAIN_TIMEOUT = 8.0
 
+#: A managed plugin's socket on the host: Docker makes the directory
+#: /run/docker/plugins/ID (moby plugin/v2/plugin_linux.go) and binds it at
+#: /run/docker/plugins inside the plugin.
+_MANAGED_SOCKET = re.compile(re.escape(PLUGIN_SOCKET_DIR) + r"/[0-9a-f]{64}/")
+
 _RECV_BYTES = 65536
 _HEAD_END = re.compile(br"\r?\n\r?\n")
 _DIGITS = re.compile(r"[0-9]+\Z")
@@ -2143,8 +2148,9 @@ class _Checker(object):
         self.client = self.new_client()
         family, where = ((None, None) if address.startswith("https://")
                          else _split_address(address))
-        #: Mountpoints are host paths we can look at only on this host.
-        self.local = family == socket.AF_UNIX or (
+        #: Mountpoints are host paths we can look at only on this host, and
+        #: not for a managed plugin: its paths are inside its own root.
+        self.local = (family == socket.AF_UNIX and not _MANAGED_SOCKET.match(where)) or (
             family is not None and where[0] in ("127.0.0.1", "::1", "localhost"))
         self.prefix = "dvp-check-%s" % os.urandom(6).hex()
         self.a, self.b, self.unknown = (self.prefix + "-a", self.prefix + "-b",
@@ -3330,6 +3336,10 @@ def _boot_id() -> "Optional[str]":
 # Command line ################################################################
 ###############################################################################
 
+#: The environment variable that sets ``serve --log-level``, for managed
+#: plugins: ``docker plugin set`` changes env values, not the entrypoint.
+_LOG_LEVEL_VARIABLE = "DVP_LOG_LEVEL"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _PROG = "docker_volume_plugin"  # main() names itself as it was called, where it can
 
 
@@ -3424,6 +3434,9 @@ def _build_parser() -> "Any":
     serve_parser.add_argument("--root", default="/var/lib/docker-volumes",
                               help="directory that holds the volumes (built-in driver; "
                                    "default: %(default)s)")
+    serve_parser.add_argument("--run-dir", metavar="DIR",
+                              help="where the built-in driver keeps its mount counts (default: "
+                                   "a directory of its own under /run)")
     serve_parser.add_argument("--socket", metavar="PATH",
                               help="Unix socket to listen on (default: %s/NAME.sock)"
                                    % PLUGIN_SOCKET_DIR)
@@ -3448,10 +3461,10 @@ def _build_parser() -> "Any":
                        ("--tls-client-key", "its key (the spec's KeyFile)")):
         serve_parser.add_argument(flag, metavar="FILE", help=what)
     serve_parser.add_argument("--group", help="group (name or gid) given access to the socket")
-    serve_parser.add_argument("--log-level", default="INFO", type=str.upper,
-                              choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+    serve_parser.add_argument("--log-level", default=os.environ.get(_LOG_LEVEL_VARIABLE, "INFO"),
+                              type=str.upper, choices=_LOG_LEVELS,
                               help="DEBUG also logs the engine's constant Get/List polling "
-                                   "(default: %(default)s)")
+                                   "(default: $%s, else INFO)" % _LOG_LEVEL_VARIABLE)
     serve_parser.add_argument("--driver", metavar="MODULE:ATTR",
                               help="serve your own driver: a driver object, class or factory "
                                    "from an importable module or a .py file")
@@ -3470,6 +3483,8 @@ def _build_parser() -> "Any":
     state.add_argument("--root", default="/var/lib/docker-volumes",
                        help="the built-in driver's root (default: %(default)s)")
     state.add_argument("--state-dir", help="the state_dir of a Driver subclass")
+    mounts_parser.add_argument("--run-dir", metavar="DIR",
+                               help="its run_dir, if the plugin was given one")
     mounts_parser.add_argument("--release", metavar="VOLUME", help="unmount all of its mounts")
     mounts_parser.add_argument("--plugin", default="dirs", metavar="NAME_OR_ADDRESS",
                                help="the running plugin to release through (default: "
@@ -3503,7 +3518,101 @@ def _build_parser() -> "Any":
     check_parser.add_argument("--spec-dir", action="append", dest="spec_dirs", metavar="DIR",
                               help="where to look for NAME.spec and NAME.json, in order; "
                                    "repeatable (default: %s)" % " then ".join(PLUGIN_SPEC_DIRS))
+    config_parser = commands.add_parser(
+        "plugin-config", help="print the config.json of a managed plugin",
+        description="Print the config.json that `docker plugin create` takes with a rootfs "
+                    "(examples/managed/build.sh makes both). The plugin runs this file from "
+                    "the rootfs's /plugin with its Python, serving the built-in driver with "
+                    "its volumes and state under the propagated mount, or --driver. "
+                    "`docker plugin set` changes the driver's arguments (args) and %s."
+                    % _LOG_LEVEL_VARIABLE)
+    config_parser.add_argument("--name", default="dirs", type=_plugin_name,
+                               help="the socket's name inside the plugin, NAME.sock (the "
+                                    "engine's name for the plugin is given at `docker plugin "
+                                    "create`; default: %(default)s)")
+    config_parser.add_argument("--driver", metavar="MODULE:ATTR",
+                               help="your driver, as `serve --driver` takes it, a path inside "
+                                    "the plugin (such as /plugin/mydriver.py:Driver)")
+    config_parser.add_argument("--driver-opt", action="append", default=[], metavar="KEY=VALUE",
+                               help="its keyword arguments, settable as args (repeatable)")
+    config_parser.add_argument("--propagated-mount", default="/mnt/volumes", metavar="DIR",
+                               help="where the plugin keeps what containers mount; Docker "
+                                    "shows the engine only what is under it (default: "
+                                    "%(default)s)")
+    config_parser.add_argument("--python", default="/usr/bin/python3", metavar="PATH",
+                               help="the Python inside the plugin (default: %(default)s)")
+    config_parser.add_argument("--capability", action="append", default=[], metavar="CAP",
+                               help="a Linux capability the driver needs beyond Docker's "
+                                    "defaults, such as CAP_SYS_ADMIN to mount (repeatable)")
+    config_parser.add_argument("--mount", action="append", default=[],
+                               metavar="SOURCE:DESTINATION",
+                               help="a host path bind-mounted into the plugin (repeatable)")
+    config_parser.add_argument("--device", action="append", default=[], metavar="PATH",
+                               help="a host device given to the plugin (repeatable)")
+    config_parser.add_argument("--log-level", default="INFO", type=str.upper,
+                               choices=_LOG_LEVELS, help="the initial %s (default: %%(default)s)"
+                               % _LOG_LEVEL_VARIABLE)
+    config_parser.add_argument("--description", help="the plugin's description")
     return parser
+
+
+def _plugin_config(args: "Any") -> "Dict[str, Any]":
+    """The config.json of a managed plugin (moby api/types/plugin.go,
+    PluginConfig; what Docker does with each field: plugin/v2/plugin_linux.go)."""
+    mount = os.path.normpath(args.propagated_mount)
+    if not os.path.isabs(mount) or mount == "/":
+        raise _UsageError("--propagated-mount %r: expected an absolute path below /" % mount)
+    socket_name = args.name + ".sock"
+    # The image's own ENTRYPOINT and ENV are ignored: the argv and the
+    # environment are all here. The plugin's socket directory is the host's
+    # /run/docker/plugins/ID, bound at /run/docker/plugins. No Plugin.Activate
+    # comes: Docker only connects to the socket (moby plugin/manager_linux.go).
+    entrypoint = [args.python, "-m", "docker_volume_plugin", "serve", "--name", args.name,
+                  "--socket", "%s/%s" % (PLUGIN_SOCKET_DIR, socket_name)]
+    if args.driver:
+        entrypoint += ["--driver", args.driver]
+        settable = []  # type: List[str]
+        for key, value in sorted(_key_values(args.driver_opt, "--driver-opt").items()):
+            if " " in key + value:
+                raise _UsageError("--driver-opt %s=%s: docker plugin set splits args at spaces"
+                                  % (key, value))
+            settable += ["--driver-opt", "%s=%s" % (key, value)]
+        what = "driver %s" % args.driver
+    else:
+        if args.driver_opt:
+            raise _UsageError("--driver-opt goes with --driver")
+        # Volumes, records and mount counts all under the propagated mount,
+        # which Docker keeps across disable, enable and upgrade; the rootfs
+        # is replaced by an upgrade.
+        entrypoint += ["--run-dir", mount + "/.docker-volume-plugin-run"]
+        settable = ["--root", mount]
+        what = "the built-in directory driver"
+    mounts = []
+    for item in args.mount:
+        source, sep, destination = item.partition(":")
+        if not sep or not os.path.isabs(source) or not os.path.isabs(destination):
+            raise _UsageError("--mount %r: expected SOURCE:DESTINATION, both absolute" % item)
+        mounts.append({"name": os.path.basename(destination) or "root", "source": source,
+                       "destination": destination, "type": "bind",
+                       "options": ["rbind", "rw"], "settable": ["source"]})
+    return {
+        "description": args.description or "docker-volume-plugin %s: %s" % (__version__, what),
+        "documentation": "",
+        "entrypoint": entrypoint,
+        "workdir": "/plugin",
+        "args": {"name": "args", "description": "the driver's command-line arguments",
+                 "settable": ["value"], "value": settable},
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"},
+                {"name": _LOG_LEVEL_VARIABLE, "description": " ".join(_LOG_LEVELS),
+                 "settable": ["value"], "value": args.log_level}],
+        "interface": {"types": ["docker.volumedriver/1.0"], "socket": socket_name},
+        "network": {"type": ""},
+        "mounts": mounts,
+        "propagatedMount": mount,
+        "linux": {"capabilities": sorted(set(c.upper() for c in args.capability)),
+                  "allowAllDevices": False,
+                  "devices": [{"path": path} for path in args.device]},
+    }
 
 
 def _key_values(items: "List[str]", flag: str) -> "Dict[str, str]":
@@ -3518,7 +3627,7 @@ def _key_values(items: "List[str]", flag: str) -> "Dict[str, str]":
 
 def _mounts_command(args: "Any") -> int:
     state_dir = os.path.realpath(args.state_dir or os.path.join(args.root, _STATE_DIR))
-    run_dir = _default_run_dir(state_dir)
+    run_dir = args.run_dir or _default_run_dir(state_dir)
     if not os.path.isdir(state_dir):
         raise _UsageError("no volume state in %s" % state_dir)
     mounts = {}
@@ -3628,6 +3737,14 @@ def main(argv: "Optional[List[str]]" = None) -> int:
         return 2
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
+    if args.command == "plugin-config":
+        try:
+            config = _plugin_config(args)
+        except _UsageError as exc:
+            sys.stderr.write("%s: error: %s (see --help)\n" % (_PROG, exc))
+            return 2
+        sys.stdout.write(json.dumps(config, indent=2) + "\n")
+        return 0
     if args.command in ("check", "mounts"):
         try:
             return _check_command(args) if args.command == "check" else _mounts_command(args)
@@ -3637,16 +3754,23 @@ def main(argv: "Optional[List[str]]" = None) -> int:
         except (PluginCallError, OSError, ValueError) as exc:
             sys.stderr.write("%s: error: %s\n" % (_PROG, _error_text(exc)))
             return 1
+    if args.log_level not in _LOG_LEVELS:
+        sys.stderr.write("%s: error: %s=%r: expected one of %s\n"
+                         % (_PROG, _LOG_LEVEL_VARIABLE, args.log_level, ", ".join(_LOG_LEVELS)))
+        return 2
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     driver = None
     try:
         if args.driver:
+            if args.run_dir:
+                raise _UsageError("--run-dir is the built-in driver's; give your driver its "
+                                  "own with --driver-opt")
             driver = _load_driver(args.driver, _key_values(args.driver_opt, "--driver-opt"))
         else:
             if args.driver_opt:
                 raise _UsageError("--driver-opt goes with --driver")
-            driver = DirectoryDriver(args.root)
+            driver = DirectoryDriver(args.root, args.run_dir)
         tls_context, spec_tls = _tls_arguments(args)
         serve(driver, name=args.name, socket_path=args.socket, tcp_address=args.tcp,
               spec_dir=args.spec_dir, group=args.group, tls_context=tls_context,

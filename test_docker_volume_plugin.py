@@ -3274,6 +3274,302 @@ class SwarmEngineTests(unittest.TestCase):
         self.wait_for(lambda: len(self.mounts(name)) == 1, "the task to recover", seconds=120)
 
 
+# -- Managed (v2) plugins ---------------------------------------------------------------
+
+BUILD = os.path.join(HERE, "examples", "managed", "build.sh")
+
+
+def _build_problem():
+    """Why examples/managed/build.sh cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "build.sh needs root: docker plugin create keeps the files' owners"
+    if not os.path.exists("/usr/bin/python3") or shutil.which("ldd") is None:
+        return "build.sh takes the host's /usr/bin/python3 and ldd"
+    return None
+
+
+def build_plugin(test, outdir, *args):
+    """Run build.sh; returns its config.json."""
+    result = _command(["bash", BUILD, outdir] + list(args), timeout=120)
+    test.assertIn("docker plugin create NAME", result.stderr)
+    with open(os.path.join(outdir, "config.json")) as f:
+        return json.load(f)
+
+
+def _tree_bytes(path):
+    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, files in os.walk(path) for f in files)
+
+
+class PluginConfigTests(unittest.TestCase):
+    """`plugin-config` and examples/managed/build.sh, without an engine."""
+
+    def config(self, *args):
+        result = subprocess.run([sys.executable, MODULE, "plugin-config"] + list(args),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                universal_newlines=True, timeout=30)
+        return result.returncode, (json.loads(result.stdout) if result.returncode == 0
+                                   else result.stderr)
+
+    def test_built_in_driver_keeps_everything_under_the_propagated_mount(self):
+        code, config = self.config()
+        self.assertEqual(code, 0, config)
+        self.assertEqual(config["interface"], {"types": ["docker.volumedriver/1.0"],
+                                               "socket": "dirs.sock"})
+        self.assertEqual(config["propagatedMount"], "/mnt/volumes")
+        entrypoint = config["entrypoint"]
+        self.assertEqual(entrypoint[:5], ["/usr/bin/python3", "-m", "docker_volume_plugin",
+                                          "serve", "--name"])
+        self.assertEqual(entrypoint[entrypoint.index("--socket") + 1],
+                         "/run/docker/plugins/dirs.sock")
+        self.assertTrue(entrypoint[entrypoint.index("--run-dir") + 1].startswith("/mnt/volumes/"))
+        self.assertEqual(config["args"]["value"], ["--root", "/mnt/volumes"])
+        self.assertEqual(config["args"]["settable"], ["value"])
+        env = dict((e["name"], e) for e in config["env"])
+        self.assertEqual(env["PYTHONUNBUFFERED"]["value"], "1")
+        self.assertEqual(env["DVP_LOG_LEVEL"]["settable"], ["value"])
+        # nothing beyond Docker's defaults for a directory driver
+        self.assertEqual(config["linux"]["capabilities"], [])
+        self.assertEqual(config["linux"]["devices"], [])
+        self.assertEqual(config["mounts"], [])
+        self.assertFalse(config["linux"]["allowAllDevices"])
+
+    def test_own_driver_with_what_it_needs(self):
+        code, config = self.config("--driver", "/plugin/quota.py:QuotaDriver", "--driver-opt",
+                                   "root=/mnt/volumes", "--capability", "cap_sys_admin",
+                                   "--device", "/dev/loop-control", "--mount", "/dev:/dev",
+                                   "--propagated-mount", "/data/", "--log-level", "debug")
+        self.assertEqual(code, 0, config)
+        self.assertIn("/plugin/quota.py:QuotaDriver", config["entrypoint"])
+        self.assertNotIn("--run-dir", config["entrypoint"])
+        self.assertEqual(config["args"]["value"], ["--driver-opt", "root=/mnt/volumes"])
+        self.assertEqual(config["propagatedMount"], "/data")
+        self.assertEqual(config["linux"]["capabilities"], ["CAP_SYS_ADMIN"])
+        self.assertEqual(config["linux"]["devices"], [{"path": "/dev/loop-control"}])
+        self.assertEqual([(m["source"], m["destination"]) for m in config["mounts"]],
+                         [("/dev", "/dev")])
+        self.assertEqual([e["value"] for e in config["env"] if e["name"] == "DVP_LOG_LEVEL"],
+                         ["DEBUG"])
+
+    def test_what_docker_plugin_set_could_not_carry_is_refused(self):
+        for args, message in ((["--driver-opt", "x=1"], "--driver-opt goes with --driver"),
+                              (["--driver", "/p/d.py:D", "--driver-opt", "x=a b"], "splits"),
+                              (["--propagated-mount", "/"], "expected an absolute path"),
+                              (["--propagated-mount", "rel"], "expected an absolute path"),
+                              (["--mount", "/dev"], "SOURCE:DESTINATION")):
+            code, stderr = self.config(*args)
+            self.assertEqual(code, 2, args)
+            self.assertIn(message, stderr)
+
+    def test_log_level_from_the_environment(self):
+        base = temp_dir(self)
+        sock = os.path.join(base, "p.sock")
+        bad = subprocess.run([sys.executable, MODULE, "serve", "--socket", sock],
+                             env=dict(os.environ, DVP_LOG_LEVEL="loud"), stderr=subprocess.PIPE,
+                             universal_newlines=True, timeout=30)
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn("DVP_LOG_LEVEL='LOUD'", bad.stderr)
+        proc = _spawn(self, [sys.executable, MODULE, "serve", "--socket", sock, "--root",
+                             os.path.join(base, "root"), "--run-dir", os.path.join(base, "run")],
+                      env=dict(os.environ, DVP_LOG_LEVEL="debug"), stderr=subprocess.PIPE,
+                      universal_newlines=True)
+        _wait_for_socket(sock, proc)
+        with dvp.PluginClient(sock) as client:
+            client.list()
+        self.assertTrue(os.path.exists(os.path.join(base, "run", "lock")))  # --run-dir is used
+        proc.terminate()
+        self.assertEqual(proc.wait(10), 0)
+        self.assertIn("DEBUG docker_volume_plugin: VolumeDriver.List", proc.stderr.read())
+
+    def test_build_makes_a_small_rootfs_that_serves(self):
+        problem = _build_problem()
+        if problem is not None:
+            raise unittest.SkipTest(problem)
+        out = temp_dir(self, prefix="dvp-build-")
+        config = build_plugin(self, out)
+        rootfs = os.path.join(out, "rootfs")
+        size = _tree_bytes(rootfs)
+        self.assertLess(size, 20 * 2 ** 20, "rootfs of %.1f MB" % (size / 2 ** 20))
+        for where in ("run/docker/plugins", "mnt/volumes", "plugin/docker_volume_plugin.py"):
+            self.assertTrue(os.path.exists(os.path.join(rootfs, where)), where)
+        # The plugin's argv, run in its rootfs alone: every module it needs is there.
+        entrypoint = config["entrypoint"] + config["args"]["value"]
+        sock = os.path.join(rootfs, "run/docker/plugins/dirs.sock")
+        proc = _spawn(self, [shutil.which("chroot") or "/usr/sbin/chroot", rootfs] + entrypoint,
+                      env={"PYTHONUNBUFFERED": "1", "PYTHONPATH": "/plugin"},
+                      stderr=subprocess.PIPE, universal_newlines=True)
+        _wait_for_socket(sock, proc)
+        with dvp.PluginClient(sock) as client:
+            client.create("v", {"mode": "0750"})
+            self.assertEqual(client.mount("v", MOUNT_ID), "/mnt/volumes/v")
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(rootfs, "mnt/volumes/v")).st_mode),
+                             0o750)
+            client.unmount("v", MOUNT_ID)
+            client.remove("v")
+        proc.terminate()
+        self.assertEqual(proc.wait(10), 0)
+        log_text = proc.stderr.read()
+        self.assertNotIn("Traceback", log_text)
+        self.assertFalse(os.path.exists(os.path.join(rootfs, "mnt/volumes/v")))
+
+
+def _registry_problem():
+    if not os.environ.get("DVP_REGISTRY"):
+        return "no local registry: DVP_REGISTRY (.ci/engine start runs one)"
+    return _build_problem()
+
+
+class ManagedEngineTests(unittest.TestCase):
+    """A managed plugin built by examples/managed/build.sh, through its whole
+    life on the real engine: create, push to a registry on loopback, install,
+    use, disable, set, upgrade to a second version, remove."""
+
+    docker = EngineTests.docker
+
+    @classmethod
+    def setUpClass(cls):
+        _skip_or_fail("managed plugin tests", _engine_problem() or _registry_problem())
+        cls.base = tempfile.mkdtemp(prefix="dvp-managed-")
+        cls.versions = []
+        for version in ("1", "2"):
+            out = os.path.join(cls.base, "v" + version)
+            _command(["bash", BUILD, out, "--description", "dvp test plugin v" + version])
+            # Two versions must differ in content (the engine refuses a twin rootfs).
+            with open(os.path.join(out, "rootfs", "plugin", "VERSION"), "w") as f:
+                f.write(version + "\n")
+            cls.versions.append(out)
+        cls.data_root = _command([DOCKER, "info", "--format", "{{.DockerRootDir}}"]).stdout.strip()
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.base, ignore_errors=True)
+
+    def setUp(self):
+        self.alias = "dvpm%d-%s" % (os.getpid(), self._testMethodName[-8:].strip("_"))
+        self.addCleanup(self.remove_plugin, self.alias)
+
+    def remove_plugin(self, name):
+        # Volumes first: a plugin removed with volumes left leaves their names
+        # taken in the engine's store, for good ("volume name must be unique").
+        for volume in self.docker("volume", "ls", "-q", "--filter", "driver=%s:latest" % name,
+                                  check=False).stdout.split():
+            self.docker("volume", "rm", "-f", volume, check=False)
+        self.docker("plugin", "rm", "-f", name, check=False)
+
+    def plugin(self, name):
+        return json.loads(self.docker("plugin", "inspect", name, "--format", "{{json .}}").stdout)
+
+    def run_container(self, volume, *command):
+        return self.docker("run", "--rm", "-v", volume + ":/d", IMAGE, *command).stdout
+
+    def plugin_log(self, plugin_id):
+        """What the plugin printed, from the engine's log (lines tagged plugin=ID)."""
+        path = os.path.join(os.environ.get("DVP_ENGINE_DIR", "/nonexistent"), "dockerd.log")
+        if not os.path.exists(path):
+            _skip_or_fail("the engine's log", "no dockerd.log under DVP_ENGINE_DIR")
+        with open(path, errors="replace") as f:
+            return [line for line in f if "plugin=" + plugin_id in line]
+
+    def wait_for_log(self, plugin_id, text, seconds=15):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            if any(text in line for line in self.plugin_log(plugin_id)):
+                return
+            time.sleep(0.2)
+        self.fail("the plugin never logged %r; it logged:\n%s"
+                  % (text, "".join(self.plugin_log(plugin_id)[-20:])))
+
+    def test_lifecycle_through_a_registry(self):
+        registry, alias = os.environ["DVP_REGISTRY"], self.alias
+        v1, v2 = ("%s/%s:%s" % (registry, alias, tag) for tag in ("1", "2"))
+        for reference, out in ((v1, self.versions[0]), (v2, self.versions[1])):
+            self.docker("plugin", "create", reference, out)
+            self.addCleanup(self.remove_plugin, reference)
+            self.docker("plugin", "push", reference)
+            self.docker("plugin", "rm", reference)
+        self.docker("plugin", "install", "--grant-all-permissions", "--alias", alias, v1)
+        volume = alias + "-v"
+        info = self.plugin(alias)
+        self.assertTrue(info["Enabled"])
+        plugin_id = info["Id"]
+        propagated = os.path.join(self.data_root, "plugins", plugin_id, "propagated-mount")
+
+        # Create, write from one container, read from another.
+        self.docker("volume", "create", "-d", alias, "-o", "mode=0750", "-o", "uid=1000", volume)
+        self.run_container(volume, "sh", "-c", "echo kept > /d/f")
+        self.assertEqual(self.run_container(volume, "cat", "/d/f"), "kept\n")
+        volume_dir = os.path.join(propagated, volume)
+        st = os.stat(volume_dir)
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_uid), (0o750, 1000))
+        self.assertEqual(json.loads(self.docker("volume", "inspect", volume).stdout)[0]["Driver"],
+                         alias + ":latest")  # the engine's name for it
+
+        # check, on the socket Docker dials: every rule passes.
+        sock = os.path.join(dvp.PLUGIN_SOCKET_DIR, plugin_id, "dirs.sock")
+        results = dvp.check_plugin("unix://" + sock)
+        self.assertEqual([r for r in results if r["status"] == "fail"], [])
+
+        # Disable is refused while a volume exists; forced, nothing is lost.
+        refused = self.docker("plugin", "disable", alias, check=False)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("in use", refused.stderr)
+        self.docker("plugin", "disable", "-f", alias)
+        self.wait_for_log(plugin_id, "docker_volume_plugin: stopped")  # SIGTERM as PID 1
+        self.docker("plugin", "enable", alias)
+        self.assertEqual(self.run_container(volume, "cat", "/d/f"), "kept\n")
+
+        # `docker plugin set` of an env value and of the args, after a re-enable.
+        self.docker("plugin", "disable", "-f", alias)
+        self.docker("plugin", "set", alias, "DVP_LOG_LEVEL=DEBUG",
+                    "args=--root /mnt/volumes --scope global")
+        self.docker("plugin", "enable", alias)
+        self.assertEqual(json.loads(self.docker("volume", "inspect", volume).stdout)[0]["Scope"],
+                         "global")
+        self.wait_for_log(plugin_id, "DEBUG docker_volume_plugin: VolumeDriver.")
+
+        # Upgrade to version 2: same volumes, same data, settings kept.
+        self.docker("plugin", "disable", "-f", alias)
+        self.docker("plugin", "upgrade", "--grant-all-permissions", "--skip-remote-check",
+                    alias, v2)
+        self.docker("plugin", "enable", alias)
+        info = self.plugin(alias)
+        self.assertEqual(info["PluginReference"], v2)
+        self.assertEqual(info["Config"]["Description"], "dvp test plugin v2")
+        self.assertIn("DVP_LOG_LEVEL=DEBUG", info["Settings"]["Env"])
+        self.assertEqual(self.run_container(volume, "cat", "/d/f"), "kept\n")
+        self.assertEqual(self.docker("volume", "ls", "-q", "--filter", "driver=%s:latest"
+                                     % alias).stdout.split(), [volume])
+
+        # Removed, the engine is clean.
+        self.docker("volume", "rm", volume)
+        self.assertFalse(os.path.exists(volume_dir))
+        self.docker("plugin", "rm", "-f", alias)
+        self.assertNotIn(alias, self.docker("plugin", "ls", "--format", "{{.Name}}").stdout)
+        self.assertFalse(os.path.exists(os.path.join(dvp.PLUGIN_SOCKET_DIR, plugin_id)))
+        self.assertFalse(os.path.exists(os.path.join(self.data_root, "plugins", plugin_id)))
+
+    def test_rootfs_from_an_image(self):
+        # An image with Python in it: here, this host's rootfs imported as one.
+        image = "dvpm-python:%d" % os.getpid()
+        with subprocess.Popen(["tar", "-C", os.path.join(self.versions[0], "rootfs"), "-c", "."],
+                              stdout=subprocess.PIPE) as tar:
+            imported = subprocess.run([DOCKER, "import", "-", image], stdin=tar.stdout,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.assertEqual(imported.returncode, 0, imported.stderr)
+        self.addCleanup(self.docker, "image", "rm", "-f", image, check=False)
+        out = os.path.join(self.base, "from-image")
+        config = build_plugin(self, out, "--image", image)
+        self.assertEqual(config["entrypoint"][0], "/usr/bin/python3")
+        self.docker("plugin", "create", self.alias, out)
+        self.docker("plugin", "enable", self.alias)
+        self.docker("volume", "create", "-d", self.alias, self.alias + "-v")
+        self.run_container(self.alias + "-v", "sh", "-c", "echo from-image > /d/f")
+        self.assertEqual(self.run_container(self.alias + "-v", "cat", "/d/f"), "from-image\n")
+        plugin_id = self.plugin(self.alias)["Id"]
+        self.docker("volume", "rm", self.alias + "-v")
+        self.docker("plugin", "rm", "-f", self.alias)  # enabled: forced
+        self.assertFalse(os.path.exists(os.path.join(dvp.PLUGIN_SOCKET_DIR, plugin_id)))
+
+
 # -- Podman: the second engine ---------------------------------------------------------
 
 SLOW_DIRS_DRIVER = """
