@@ -2740,6 +2740,14 @@ class Driver(object):
     second process off the same state. Mount and unmount write only to
     ``run_dir``, so they work when ``state_dir``'s file system is full or
     read-only; create and remove then fail saying so.
+
+    ``shared`` (default: ``scope == "global"``) is for a ``state_dir`` that
+    several nodes see, on a shared file system: every call reads the records
+    from disk instead of memory, each node counts its mounts in
+    ``state_dir/nodes/HOSTNAME/`` (its ``run_dir``), create, remove, mount
+    and unmount take a lock on ``state_dir`` that all nodes share (so one node's
+    change waits for another's), and a volume mounted on any node cannot be
+    removed. Node host names must differ.
     """
 
     options = {}  # type: Dict[str, Callable[[str], Any]]
@@ -2748,10 +2756,14 @@ class Driver(object):
     name_pattern = _VOLUME_NAME
     max_name_length = MAX_VOLUME_NAME
 
-    def __init__(self, state_dir: str, run_dir: "Optional[str]" = None) -> None:
+    def __init__(self, state_dir: str, run_dir: "Optional[str]" = None,
+                 shared: "Optional[bool]" = None) -> None:
+        self.shared = self.scope == "global" if shared is None else shared
         self.state_dir = _private_directory(state_dir, "volume state")
-        self.run_dir = _private_directory(run_dir or _default_run_dir(self.state_dir),
-                                          "mount counts")
+        if run_dir is None:
+            run_dir = (_node_run_dir(self.state_dir, socket.gethostname()) if self.shared
+                       else _default_run_dir(self.state_dir))
+        self.run_dir = _private_directory(run_dir, "mount counts")
         # Readable by root alone: anyone who could open it could flock it
         # and keep the plugin from starting.
         self._lock_fd = _hold_lock(os.path.join(self.run_dir, "lock"), "another process "
@@ -2769,14 +2781,26 @@ class Driver(object):
         self._volumes = {}  # type: Dict[str, Dict[str, Any]]
         self._parsed_options = {}  # type: Dict[str, Tuple[Dict[str, Any], Dict[str, Any]]]
         self._mounts = {}  # type: Dict[str, Dict[str, Any]]
+        # Shared: one lock for all nodes, and one holder at a time in this
+        # process (a flock belongs to the open file, not to a thread).
+        self._shared_mutex = threading.Lock()
+        self._shared_fd = -1
         try:
-            self._start()
+            if self.shared:
+                self._shared_fd = os.open(os.path.join(self.state_dir, _SHARED_LOCK),
+                                          os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                          0o600)
+            with self._shared_lock():
+                self._start()
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
         """Release the lock on the state; tidy ``run_dir`` if no mount is left."""
+        if self._shared_fd >= 0:
+            os.close(self._shared_fd)
+            self._shared_fd = -1
         if self._lock_fd >= 0:
             if os.listdir(self.run_dir) == ["lock"]:
                 _release_lock(os.path.join(self.run_dir, "lock"), self._lock_fd)
@@ -2818,7 +2842,7 @@ class Driver(object):
         self.check_name(name)
         parsed = self.parse_options(options)
         with self._volume_lock(name):
-            existing = self._volumes.get(name)
+            existing = self._lookup(name)
             if existing is not None:
                 if existing["options"] == options:
                     return  # a retried create: already done
@@ -2844,6 +2868,10 @@ class Driver(object):
                 # Never the mount IDs: whoever can call Unmount could release them.
                 raise PluginError("volume %r is in use: mounted %d time(s)"
                                   % (name, sum(mounts.values())))
+            nodes = self._nodes_mounting(name)
+            if nodes:
+                raise PluginError("volume %r is in use: mounted on node %s"
+                                  % (name, ", ".join(nodes)))
             self._write_record(name, dict(record, phase="removing"))
             try:
                 self.destroy(name, self._parsed(name, record))
@@ -2892,7 +2920,7 @@ class Driver(object):
                     raise
 
     def get(self, name: str) -> "Optional[Dict[str, Any]]":
-        record = self._volumes.get(name)
+        record = self._lookup(name)
         if record is None:
             return None
         options = self._parsed(name, record)
@@ -2979,8 +3007,58 @@ class Driver(object):
                 table[name] = value
 
     def _snapshot(self) -> "List[Tuple[str, Dict[str, Any]]]":
+        if self.shared:
+            names = sorted(e[:-len(".json")] for e in os.listdir(self.state_dir)
+                           if e.endswith(".json"))
+            return [(name, record) for name, record in
+                    ((name, self._lookup(name)) for name in names) if record is not None]
         with self._tables_lock:
             return list(self._volumes.items())
+
+    def _lookup(self, name: str) -> "Optional[Dict[str, Any]]":
+        """The record of a volume that exists, or None. Shared, from disk:
+        another node may have made or removed it; written atomically, a
+        record is read whole."""
+        if not self.shared:
+            return self._volumes.get(name)
+        try:
+            record = _read_json(self._record_path(name), "volume record")
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            log.error("volume %r: %s", name, exc)  # and the next start refuses to go on
+            return None
+        return record if record.get("phase") == "ready" else None
+
+    def _nodes_mounting(self, name: str) -> "List[str]":
+        """The other nodes that count a mount of ``name`` (shared state only)."""
+        nodes_dir = os.path.join(self.state_dir, _NODES_DIR)
+        if not self.shared or not os.path.isdir(nodes_dir):
+            return []
+        nodes = []
+        for node in sorted(os.listdir(nodes_dir)):
+            path = os.path.join(nodes_dir, node, name + ".json")
+            if os.path.realpath(os.path.dirname(path)) != self.run_dir and os.path.exists(path):
+                try:
+                    if _read_json(path, "mount count file").get("mounts"):
+                        nodes.append(node)
+                except (OSError, ValueError):
+                    nodes.append(node)  # unreadable: take it as mounted
+        return nodes
+
+    @contextlib.contextmanager
+    def _shared_lock(self) -> "Iterator[None]":
+        """All nodes' lock on shared state; nothing when not shared."""
+        if self._shared_fd < 0:
+            yield
+            return
+        import fcntl
+        with self._shared_mutex:
+            fcntl.flock(self._shared_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._shared_fd, fcntl.LOCK_UN)
 
     def _listed_mountpoint(self, name: str, record: "Dict[str, Any]") -> str:
         state = self._mounts.get(name)
@@ -3004,7 +3082,7 @@ class Driver(object):
         return parsed
 
     def _record(self, name: str) -> "Dict[str, Any]":
-        record = self._volumes.get(name)
+        record = self._lookup(name)
         if record is None:
             raise VolumeNotFound("no such volume: %r" % name)
         return record
@@ -3017,7 +3095,7 @@ class Driver(object):
                 entry = self._volume_locks[name] = [threading.Lock(), 0]
             entry[1] += 1
         try:
-            with entry[0]:
+            with entry[0], self._shared_lock():
                 yield
         finally:
             with self._locks_lock:
@@ -3128,6 +3206,13 @@ def _private_directory(path: str, what: str) -> str:
     return real
 
 
+def _node_run_dir(state_dir: str, node: str) -> str:
+    """Where one node counts its mounts of a shared ``state_dir``."""
+    if not _VOLUME_NAME.match(node):
+        raise ValueError("host name %r cannot name this node's mount counts" % node)
+    return os.path.join(state_dir, _NODES_DIR, node)
+
+
 def _default_run_dir(state_dir: str) -> str:
     """A boot-scoped directory of our own for ``state_dir``'s mount counts."""
     import hashlib
@@ -3191,7 +3276,8 @@ class DirectoryDriver(Driver):
 
     options = {"uid": uint_option, "gid": uint_option, "mode": mode_option}
 
-    def __init__(self, root: str, run_dir: "Optional[str]" = None) -> None:
+    def __init__(self, root: str, run_dir: "Optional[str]" = None,
+                 shared: "Optional[bool]" = None) -> None:
         self.root = _private_directory(root, "volumes")
         if stat.S_IMODE(os.stat(self.root).st_mode) & 0o077:
             log.info("%s: taking away other users' access to the volumes", self.root)
@@ -3199,13 +3285,17 @@ class DirectoryDriver(Driver):
                 os.chmod(self.root, 0o700)
             except OSError as exc:
                 log.warning("cannot make %s private: %s", self.root, exc.strerror)
-        Driver.__init__(self, os.path.join(self.root, _STATE_DIR), run_dir)
+        Driver.__init__(self, os.path.join(self.root, _STATE_DIR), run_dir, shared)
 
     def create(self, name: str, options: "Dict[str, str]") -> None:
         # Checked before anything is recorded: a failed create is undone with
         # destroy(), which must never meet a directory that is not ours.
+        # Shared, another node may be creating or removing it: a record is
+        # written before the directory is made and deleted after it is gone,
+        # so only a directory without any record is not ours.
         self.check_name(name)
-        if name not in self._volumes and os.path.lexists(self._path(name)):
+        if self._lookup(name) is None and os.path.lexists(self._path(name)) and not (
+                self.shared and os.path.lexists(self._record_path(name))):
             raise PluginError("cannot create volume %r: %s already exists and is not a volume; "
                               "move it away first" % (name, self._path(name)))
         Driver.create(self, name, options)
@@ -3297,6 +3387,9 @@ class DirectoryDriver(Driver):
 
 
 _STATE_DIR = ".docker-volume-plugin"
+#: In a shared state directory: each node's mount counts, and the lock all share.
+_NODES_DIR = "nodes"
+_SHARED_LOCK = "lock"
 _V1_STATE_FILE = ".docker-volume-plugin.json"
 _V1_LOCK_FILE = ".docker-volume-plugin.lock"
 _TRASH_PREFIX = ".removing-"
@@ -3448,7 +3541,8 @@ def _build_parser() -> "Any":
     serve_parser.add_argument("--scope", choices=("local", "global"),
                               help="the Scope announced to the engine (default: the driver's; "
                                    "the built-in one's is local). global: the storage is shared "
-                                   "by every node, such as a root on a shared file system")
+                                   "by every node, such as a root on a shared file system; the "
+                                   "built-in driver then keeps its state there for all nodes")
     serve_parser.add_argument("--insecure-tcp", action="store_true",
                               help="allow plain TCP on an address other than loopback")
     for flag, what in (("--tls-cert", "the plugin's certificate (PEM): serve HTTPS"),
@@ -3628,6 +3722,8 @@ def _key_values(items: "List[str]", flag: str) -> "Dict[str, str]":
 def _mounts_command(args: "Any") -> int:
     state_dir = os.path.realpath(args.state_dir or os.path.join(args.root, _STATE_DIR))
     run_dir = args.run_dir or _default_run_dir(state_dir)
+    if args.run_dir is None and os.path.isdir(os.path.join(state_dir, _NODES_DIR)):
+        run_dir = _node_run_dir(state_dir, socket.gethostname())  # a shared root: this node's
     if not os.path.isdir(state_dir):
         raise _UsageError("no volume state in %s" % state_dir)
     mounts = {}
@@ -3770,7 +3866,8 @@ def main(argv: "Optional[List[str]]" = None) -> int:
         else:
             if args.driver_opt:
                 raise _UsageError("--driver-opt goes with --driver")
-            driver = DirectoryDriver(args.root, args.run_dir)
+            # Global: the root is shared by every node, and so is the state.
+            driver = DirectoryDriver(args.root, args.run_dir, shared=args.scope == "global")
         tls_context, spec_tls = _tls_arguments(args)
         serve(driver, name=args.name, socket_path=args.socket, tcp_address=args.tcp,
               spec_dir=args.spec_dir, group=args.group, tls_context=tls_context,

@@ -1434,7 +1434,8 @@ def _wait_for_socket(path, proc, seconds=10):
     deadline = time.time() + seconds
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise AssertionError("plugin exited with %s: %s" % (proc.returncode, proc.stderr.read()))
+            raise AssertionError("plugin exited with %s: %s" % (
+                proc.returncode, proc.stderr.read() if proc.stderr else "(see its log)"))
         try:
             with dvp.PluginClient(path, timeout=2) as client:
                 client.activate()
@@ -2037,6 +2038,88 @@ class StateTests(QuietLogs, unittest.TestCase):
         self.assertLessEqual(len(lines), 40)
         proc.terminate()
         self.assertEqual(proc.wait(10), 0)
+
+
+class SharedStateTests(QuietLogs, unittest.TestCase):
+    """One root seen by several nodes (scope global): two drivers in one
+    process stand for two nodes' plugins on a shared file system."""
+
+    def setUp(self):
+        super(SharedStateTests, self).setUp()
+        self.root = os.path.join(temp_dir(self), "shared")
+
+    def node(self, name):
+        run_dir = os.path.join(self.root, ".docker-volume-plugin", "nodes", name)
+        driver = dvp.DirectoryDriver(self.root, run_dir, shared=True)
+        self.addCleanup(driver.close)
+        return driver
+
+    def test_a_volume_made_on_one_node_is_used_on_the_other(self):
+        a, b = self.node("a"), self.node("b")
+        a.create("v", {"mode": "0750"})
+        self.assertEqual([v["Name"] for v in b.list()], ["v"])
+        self.assertEqual(b.get("v")["Status"]["options"], {"mode": "0750"})
+        b.create("v", {"mode": "0750"})  # each node's engine creates it again: the same volume
+        with self.assertRaises(dvp.PluginError):
+            b.create("v", {"mode": "0700"})
+        path = b.mount("v", MOUNT_ID)
+        with open(os.path.join(path, "f"), "w") as f:
+            f.write("b wrote")
+        with self.assertRaises(dvp.PluginError) as caught:
+            a.remove("v")  # nothing mounted on a, but b has it
+        self.assertIn("mounted on node b", str(caught.exception))
+        with open(os.path.join(a.mount("v", "c" * 64), "f")) as f:
+            self.assertEqual(f.read(), "b wrote")
+        a.unmount("v", "c" * 64)
+        b.unmount("v", MOUNT_ID)
+        a.remove("v")
+        self.assertIsNone(b.get("v"))
+        self.assertEqual(b.list(), [])
+        with self.assertRaises(dvp.VolumeNotFound):
+            b.mount("v", MOUNT_ID)
+
+    def test_both_nodes_creating_at_once_make_one_volume(self):
+        a, b = self.node("a"), self.node("b")
+        errors = []
+
+        def create(driver, name):
+            try:
+                driver.create(name, {"uid": "1000"})
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+        threads = [threading.Thread(target=create, args=(driver, "v%d" % i))
+                   for i in range(20) for driver in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertEqual(errors, [])
+        self.assertEqual(len(a.list()), 20)
+        self.assertEqual(sorted(v["Name"] for v in a.list()), sorted(v["Name"] for v in b.list()))
+        for volume in a.list():
+            self.assertEqual(os.stat(volume["Mountpoint"]).st_uid, 1000)
+
+    def test_nodes_count_apart_and_one_node_runs_once(self):
+        a = self.node("a")
+        a.create("v", {})
+        a.mount("v", MOUNT_ID)
+        with self.assertRaises(OSError):
+            self.node("a")  # a second process for the same node
+        self.assertEqual(a.volumes()["v"]["mounts"], {MOUNT_ID: 1})
+        self.assertEqual(self.node("b").volumes()["v"]["mounts"], {})
+
+    def test_default_run_dir_is_this_hosts(self):
+        driver = dvp.DirectoryDriver(self.root, shared=True)
+        self.addCleanup(driver.close)
+        self.assertEqual(driver.run_dir, os.path.join(
+            os.path.realpath(self.root), ".docker-volume-plugin", "nodes", socket.gethostname()))
+
+    def test_global_scope_of_a_driver_subclass_means_shared(self):
+        class Global(dvp.DirectoryDriver):
+            scope = "global"
+        driver = Global(self.root)
+        self.addCleanup(driver.close)
+        self.assertTrue(driver.shared)
 
 
 KILL_BURST = '''
@@ -3227,8 +3310,10 @@ class SwarmEngineTests(unittest.TestCase):
                 client.get(driver + "-vol")
             except dvp.PluginCallError:
                 return {}
-        root = os.path.join(self.base, "root")
-        run = dvp._default_run_dir(os.path.realpath(os.path.join(root, ".docker-volume-plugin")))
+        state = os.path.realpath(os.path.join(self.base, "root", ".docker-volume-plugin"))
+        run = dvp._default_run_dir(state)
+        if os.path.isdir(os.path.join(state, "nodes")):  # --scope global: shared state
+            run = os.path.join(state, "nodes", socket.gethostname())
         try:
             with open(os.path.join(run, driver + "-vol.json")) as f:
                 return json.load(f)["mounts"]
@@ -3272,6 +3357,129 @@ class SwarmEngineTests(unittest.TestCase):
         self.wait_for(lambda: name in errors(), "the task to fail naming the plugin", seconds=120)
         self.start_plugin(name=name, root=root)
         self.wait_for(lambda: len(self.mounts(name)) == 1, "the task to recover", seconds=120)
+
+
+def _nodes_problem():
+    """Why the two-node swarm tests cannot run here, or None."""
+    if os.environ.get("DVP_ENGINE_TESTS") == "skip":
+        return "DVP_ENGINE_TESTS=skip"
+    if os.geteuid() != 0:
+        return "needs root, to enter the nodes' namespaces"
+    if not os.environ.get("DVP_NODES_DIR"):
+        return "no two-node swarm: eval \"$(.ci/nodes start)\""
+    if shutil.which("nsenter") is None:
+        return "no nsenter (util-linux)"
+    return None
+
+
+class TwoNodeSwarmEngineTests(unittest.TestCase):
+    """A service's task moves between the two nodes of .ci/nodes (two engines,
+    each in its own network, UTS and mount namespaces) and finds its data: the
+    built-in driver, one plugin process per node, on a root both nodes see,
+    scope global."""
+
+    wait_for = SwarmEngineTests.wait_for
+
+    @classmethod
+    def setUpClass(cls):
+        _skip_or_fail("two-node swarm tests", _nodes_problem())
+        cls.nodes_dir = os.environ["DVP_NODES_DIR"]
+
+    def setUp(self):
+        self.base = temp_dir(self, prefix="dvp-nodes-")
+        self.name = "dvpn%d" % os.getpid()
+
+    def on(self, node, *args, **kwargs):
+        env = dict(os.environ, DOCKER_HOST="unix://%s/node%d/docker.sock" % (self.nodes_dir, node))
+        return _command([DOCKER] + list(args), env=env, **kwargs)
+
+    def start_plugin(self, node, root):
+        """The command line, in the node's namespaces, where its engine looks."""
+        with open(os.path.join(self.nodes_dir, "node%d" % node, "dockerd.pid")) as f:
+            pid = f.read().strip()
+        log_path = os.path.join(self.base, "plugin-node%d.log" % node)
+        with open(log_path, "a") as log_file:
+            proc = _spawn(self, ["nsenter", "-t", pid, "-m", "-u", "-n", sys.executable, MODULE,
+                                 "serve", "--name", self.name, "--root", root, "--scope",
+                                 "global", "--log-level", "DEBUG"],
+                          stderr=log_file, env=dict(os.environ, PYTHONPATH=HERE))
+        sock = os.path.join(self.nodes_dir, "node%d" % node, "plugins", self.name + ".sock")
+        self.addCleanup(EngineTests._stop_plugin, self, proc, sock)
+        _wait_for_socket(sock, proc)
+        return sock
+
+    def node_plugins(self, node):
+        return self.on(1, "node", "inspect", "dvp-node%d" % node, "--format",
+                       "{{range .Description.Engine.Plugins}}{{.Type}}={{.Name}} {{end}}").stdout
+
+    def mounts(self, root, node, volume):
+        """What one node's plugin counts for ``volume``, by mount ID."""
+        path = os.path.join(root, ".docker-volume-plugin", "nodes", "dvp-node%d" % node,
+                            volume + ".json")
+        try:
+            with open(path) as f:
+                return json.load(f)["mounts"]
+        except FileNotFoundError:
+            return {}
+
+    def test_task_moves_to_the_other_node_and_finds_its_data(self):
+        root = os.path.join(self.base, "shared")  # the shared file system, seen by both
+        volume, service = self.name + "-vol", self.name + "-svc"
+        for node in (1, 2):
+            self.start_plugin(node, root)
+            self.on(node, "volume", "ls", "-q", "--filter", "driver=" + self.name)
+        for node in (1, 2):
+            self.wait_for(lambda: "Volume=" + self.name in self.node_plugins(node),
+                          "node %d to advertise the plugin" % node)
+        self.addCleanup(self.on, 1, "service", "rm", service, check=False)
+        self.on(1, "service", "create", "--detach", "--name", service,
+                "--constraint", "node.hostname==dvp-node1", "--env", "NODE={{.Node.Hostname}}",
+                "--restart-delay", "1s", "--stop-grace-period", "1s", "--mount",
+                "type=volume,source=%s,target=/d,volume-driver=%s,volume-opt=mode=0750"
+                % (volume, self.name),
+                IMAGE, "sh", "-c", "echo $NODE >> /d/nodes; sleep 600")
+        volume_dir = os.path.join(root, volume)
+        nodes_file = os.path.join(volume_dir, "nodes")
+
+        def written():
+            try:
+                with open(nodes_file) as f:
+                    return f.read().split()
+            except FileNotFoundError:
+                return []
+        self.wait_for(lambda: written() == ["dvp-node1"], "the task on node 1 to write")
+        self.assertEqual(stat.S_IMODE(os.stat(volume_dir).st_mode), 0o750)
+        self.assertEqual(len(self.mounts(root, 1, volume)), 1)
+
+        # Move it: node 2's plugin mounts what node 1's created and wrote.
+        self.on(1, "service", "update", "--detach", "--constraint-rm", "node.hostname==dvp-node1",
+                "--constraint-add", "node.hostname==dvp-node2", service)
+        self.wait_for(lambda: written()[-1:] == ["dvp-node2"], "the task on node 2 to write")
+        self.assertEqual(written(), ["dvp-node1", "dvp-node2"])  # it found node 1's line
+        self.wait_for(lambda: self.mounts(root, 1, volume) == {}, "node 1 to release its mount")
+        self.assertEqual(len(self.mounts(root, 2, volume)), 1)
+        inspected = json.loads(self.on(2, "volume", "inspect", volume).stdout)[0]
+        self.assertEqual((inspected["Scope"], inspected["Mountpoint"]), ("global", volume_dir))
+
+        # Node 1's engine no longer uses it (once the old task's container is
+        # gone), but it is mounted on node 2: kept.
+        for container in self.on(1, "ps", "-aq", "--filter", "volume=" + volume).stdout.split():
+            self.on(1, "rm", "-f", container)
+        refused = self.on(1, "volume", "rm", volume, check=False)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("mounted on node dvp-node2", refused.stderr)
+        self.assertTrue(os.path.exists(nodes_file))
+
+        self.on(1, "service", "rm", service)
+        self.wait_for(lambda: self.mounts(root, 2, volume) == {}, "node 2 to release its mount")
+        self.wait_for(lambda: not self.on(2, "ps", "-aq", "--filter", "volume=" + volume)
+                      .stdout.split(), "node 2 to remove the task's container")
+        self.on(2, "volume", "rm", volume)
+        self.assertFalse(os.path.exists(volume_dir))
+        # Node 1's engine asks again: the volume is gone for every node.
+        self.on(1, "volume", "rm", "-f", volume, check=False)
+        self.assertEqual(self.on(1, "volume", "ls", "-q", "--filter", "driver=" + self.name)
+                         .stdout.split(), [])
 
 
 # -- Managed (v2) plugins ---------------------------------------------------------------
