@@ -117,6 +117,7 @@ class Server(object):
         # cwd: never the checkout, whose uncompiled copy would shadow the installed one
         self.proc = subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL, cwd=INSTALLED)
         self.ready_after = wait_for_activate(path, self.proc)
+        self.rss_at_start_kib = self.status_kib("VmRSS:")
 
     def cpu_seconds(self):
         with open("/proc/%d/stat" % self.proc.pid) as stat:
@@ -124,9 +125,12 @@ class Server(object):
         return (int(fields[11]) + int(fields[12])) * CLOCK_TICK
 
     def peak_rss_kib(self):
+        return self.status_kib("VmHWM:")
+
+    def status_kib(self, field):
         with open("/proc/%d/status" % self.proc.pid) as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1])
         return 0
 
@@ -207,6 +211,7 @@ def server_benchmarks(rounds, seconds, workdir):
     ]
     results = {}
     peak = {"baseline": [], "ours": []}
+    at_start = {"baseline": [], "ours": []}  # right after Activate, with 100 volumes
     for round_number in range(rounds):
         for label, method, payload, connections, volumes in scenarios:
             kinds = ("baseline", "ours") if round_number % 2 == 0 else ("ours", "baseline")
@@ -215,6 +220,8 @@ def server_benchmarks(rounds, seconds, workdir):
                 try:
                     figures = load(server, method, payload, connections, seconds)
                     peak[kind].append(server.peak_rss_kib())
+                    if volumes == 100:
+                        at_start[kind].append(server.rss_at_start_kib)
                 finally:
                     server.stop()
                 results.setdefault((label, kind), []).append(figures)
@@ -228,6 +235,8 @@ def server_benchmarks(rounds, seconds, workdir):
         print_row("  p99 latency", median_of(base, "p99"), median_of(ours, "p99"), "us", False)
         print_row("  server CPU per request", median_of(base, "cpu_us"), median_of(ours, "cpu_us"),
                   "us", False)
+    print_row("RSS of the server at start (median)", statistics.median(at_start["baseline"]),
+              statistics.median(at_start["ours"]), "KiB", False)
     print_row("peak RSS of the server (largest run)", max(peak["baseline"]), max(peak["ours"]), "KiB", False)
 
 
