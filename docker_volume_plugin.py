@@ -1076,6 +1076,7 @@ class _PluginServerMixin(object):
             if self._stopping:
                 raise OSError(errno.ESHUTDOWN, "stopping")
             time.sleep(0.05)  # not a spin: at most 20 looks a second
+            self.service_actions()  # meanwhile, late connections are still cut off
         try:
             return super(_PluginServerMixin, self).get_request()  # type: ignore
         except OSError as exc:
