@@ -761,7 +761,7 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
             waiting = self.rfile.peek(1)
         except OSError:  # idle too long, reset, or stop() shut it down
             waiting = b""
-        if not waiting or self.server._stopping:
+        if not waiting:
             self.close_connection = True
             return
         self.busy = True  # stop() waits for this request now
@@ -1042,8 +1042,9 @@ class _PluginServerMixin(object):
     #: keeps idle connections forever (moby pkg/plugins/client.go) and opens
     #: another when we close one.
     idle_timeout = 120.0
-    #: Seconds from a request's first byte until all of it has arrived (and
-    #: for a TLS handshake), so a client that dribbles cannot hold a thread.
+    #: Seconds from a request's first byte until all of it has arrived, and
+    #: for a reply to be taken or a TLS handshake done: a client that dribbles
+    #: or never reads cannot hold a thread. Kept by service_actions().
     request_timeout = 10.0
     #: Seconds stop() waits for calls in flight. Docker's ``plugin disable``
     #: sends SIGKILL 10 s after SIGTERM (moby plugin/manager_linux.go).
