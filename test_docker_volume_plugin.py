@@ -1426,6 +1426,30 @@ class HostileClientTests(QuietLogs, unittest.TestCase):
         readable = select.select(idle, [], [], 0.5)[0]  # closed ones read as the end
         self.assertGreaterEqual(sum(sock.recv(1) == b"" for sock in readable), 1)
 
+    def test_a_client_that_never_reads_its_replies_is_cut_off(self):
+        for i in range(2000):  # a List reply of about 100 KB
+            self.driver.create("volume-with-a-long-name-%04d" % i, {})
+        server = self.start_server(request_timeout=0.3)
+        greedy = self.connect()
+        greedy.sendall(_docker_request("VolumeDriver.List", b"{}") * 100)  # and reads nothing
+        deadline = time.time() + 10
+        while not server._handlers and time.time() < deadline:
+            time.sleep(0.01)
+        while server._handlers and time.time() < deadline:  # blocked in a write, then cut off
+            time.sleep(0.05)
+        self.assertEqual(len(server._handlers), 0)
+        self.assertTrue(self.get_answered())
+        received = b""
+        try:
+            while True:
+                data = greedy.recv(1 << 20)
+                if not data:
+                    break
+                received += data
+        except OSError:
+            pass
+        self.assertLess(received.count(b"HTTP/1.1 200"), 100)  # not every reply went out
+
     def test_late_requests_at_the_limit_are_still_cut_off(self):
         # Every slot held by a client that stopped mid-request: the server,
         # waiting for a slot, still answers them 408 at their deadline.
