@@ -733,6 +733,11 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         self.deadline = None  # type: Optional[float]
         #: Set by the server when it cut the connection off for being late.
         self.timed_out = False
+        # Held while the server decides to cut the connection off, and while
+        # this thread moves from reading to the driver's work: so a request
+        # read whole is never cut off under the driver (a Mount taken for
+        # undelivered would be undone).
+        self.clock = threading.Lock()
         #: True from a request's first byte until its reply is sent.
         self.busy = False
         #: When the connection last became idle (waiting for a request).
@@ -759,13 +764,14 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         self.idle_since = _monotonic()
         try:
             waiting = self.rfile.peek(1)
-        except OSError:  # idle too long, reset, or stop() shut it down
+        except OSError:  # reset, or stop() shut it down
             waiting = b""
-        if not waiting:
-            self.close_connection = True
-            return
-        self.busy = True  # stop() waits for this request now
-        self.deadline = _monotonic() + self.server.request_timeout
+        with self.clock:
+            if not waiting or self.timed_out:  # closed, or idle too long
+                self.close_connection = True
+                return
+            self.busy = True  # stop() waits for this request now
+            self.deadline = _monotonic() + self.server.request_timeout
         self.replied = False
         # What parse_request() sets, for a reply to a request it never saw.
         self.requestline, self.command, self.path = "", "", ""
@@ -775,8 +781,10 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
             if self.timed_out and not self.replied:
                 self.send_error(408)  # cut off in the request line: say why
         finally:
-            self.deadline = None
-            self.busy = False
+            with self.clock:
+                self.deadline = None
+                self.busy = False
+                self.idle_since = _monotonic()
             self.server.release_body(self._reserved)
             self._reserved = 0
 
@@ -808,10 +816,12 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         except _HTTPError as exc:
             self.send_error(exc.status, str(exc))
             return
-        if self.timed_out:
+        with self.clock:
+            self.deadline = None  # the driver may take its time (a network mount)
+            late = self.timed_out
+        if late:
             self.send_error(408)
             return
-        self.deadline = None  # the driver may take its time (a network mount)
         plugin = self.server.plugin
         status, reply = plugin.handle(self.path, body)
         if status == 200 and self.path in _UNDO_IF_UNDELIVERED:
@@ -988,9 +998,10 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
                 log.warning("TLS handshake with %s failed: %s", self.address_string(),
                             getattr(exc, "reason", None) or exc)
         finally:
-            self.busy = False
-            self.deadline = None
-            self.idle_since = _monotonic()
+            with self.clock:
+                self.busy = False
+                self.deadline = None
+                self.idle_since = _monotonic()
         return False
 
     def _reply(self, status: int, body: bytes, allow: "Optional[str]" = None) -> None:
@@ -1157,21 +1168,22 @@ class _PluginServerMixin(object):
         with self._lock:
             handlers = list(self._handlers)
         for handler in handlers:
-            deadline = handler.deadline
-            if deadline is not None and now > deadline:
-                # Late with its request (or with reading our reply): stop its
-                # reads, so that it is answered 408; the second time, its
-                # writes too.
-                how = socket.SHUT_RDWR if handler.timed_out else socket.SHUT_RD
+            with handler.clock:
+                deadline = handler.deadline
+                if deadline is not None and now > deadline:
+                    # Late with its request (or with reading our reply): stop
+                    # its reads, so that it is answered 408; the second time,
+                    # its writes too.
+                    how = socket.SHUT_RDWR if handler.timed_out else socket.SHUT_RD
+                elif not handler.busy and now - handler.idle_since > self.idle_timeout:
+                    how = socket.SHUT_RDWR  # idle: just close it
+                else:
+                    continue
                 handler.timed_out = True
-            elif not handler.busy and now - handler.idle_since > self.idle_timeout:
-                how = socket.SHUT_RDWR  # idle: just close it
-            else:
-                continue
-            try:
-                handler.connection.shutdown(how)
-            except OSError:
-                pass
+                try:
+                    handler.connection.shutdown(how)
+                except OSError:
+                    pass
 
     def handle_error(self, request: "Any", client_address: "Any") -> None:
         log.exception("error while serving a connection")
