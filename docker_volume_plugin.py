@@ -3518,6 +3518,24 @@ def _parse_tcp(value: str) -> "Tuple[str, int]":
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _limit(value: str) -> "Tuple[str, Any]":
+    """A ``--limit NAME=VALUE``: a server limit, of the type of its default."""
+    import argparse
+    name, _, text = value.partition("=")
+    if name not in _LIMITS:
+        raise argparse.ArgumentTypeError("%r: expected NAME=VALUE, NAME one of %s"
+                                         % (value, ", ".join(_LIMITS)))
+    kind = type(getattr(_PluginServerMixin, name))
+    try:
+        number = kind(text)
+    except ValueError:
+        number = 0
+    if not 0 < number < float("inf"):  # NaN too
+        raise argparse.ArgumentTypeError("%r: expected a positive %s" % (
+            value, "whole number" if kind is int else "number of seconds"))
+    return name, number
+
+
 def _plugin_name(value: str) -> str:
     """A plugin name: the engine finds NAME.sock in its plugin directory."""
     import argparse
@@ -3590,6 +3608,10 @@ def _build_parser() -> "Any":
     serve_parser.add_argument("--driver-opt", action="append", default=[], metavar="KEY=VALUE",
                               help="a keyword argument for the --driver class or factory "
                                    "(repeatable)")
+    serve_parser.add_argument("--limit", action="append", default=[], type=_limit,
+                              metavar="NAME=VALUE",
+                              help="a server limit, such as request_timeout=30 (repeatable): "
+                                   + ", ".join(_LIMITS))
     mounts_parser = commands.add_parser(
         "mounts", help="show each volume's mounts; release a mount no engine will release",
         description="Show the mounts the plugin counts for each volume, by mount ID. With "
@@ -3898,7 +3920,8 @@ def main(argv: "Optional[List[str]]" = None) -> int:
         tls_context, spec_tls = _tls_arguments(args)
         serve(driver, name=args.name, socket_path=args.socket, tcp_address=args.tcp,
               spec_dir=args.spec_dir, group=args.group, tls_context=tls_context,
-              spec_tls=spec_tls, insecure_tcp=args.insecure_tcp, scope=args.scope)
+              spec_tls=spec_tls, insecure_tcp=args.insecure_tcp, scope=args.scope,
+              **dict(args.limit))
     except _UsageError as exc:
         sys.stderr.write("%s: error: %s\n" % (_PROG, exc))
         return 2

@@ -99,9 +99,9 @@ atexit.register(record)
 sys.argv[0] = "docker_volume_plugin"
 runpy.run_module("docker_volume_plugin", run_name="__main__", alter_sys=True)
 ' "$scratch/modules" serve --name build --socket "$scratch/build.sock" "${driver_here[@]}" \
-        "${DRIVER_OPTS[@]}" 2>"$scratch/log") &
+        "${DRIVER_OPTS[@]}" --limit poll_interval=0.02 2>"$scratch/log") &
     server=$!
-    for _ in $(seq 1 100); do [ -S "$scratch/build.sock" ] && break; sleep 0.1; done
+    for _ in $(seq 1 500); do [ -S "$scratch/build.sock" ] && break; sleep 0.02; done
     if ! "$HOST_PYTHON" "$MODULE" check "unix://$scratch/build.sock" >"$scratch/check"; then
         cat "$scratch/check" "$scratch/log" >&2
         die "the plugin did not pass check on this host"
