@@ -1319,8 +1319,8 @@ class FileSystemHardeningTests(QuietLogs, unittest.TestCase):
 
     def test_socket_directory_created_private_whatever_the_umask(self):
         sock = os.path.join(self.dir, "new", "plugins", "p.sock")
-        proc = _spawn(self, [sys.executable, MODULE, "serve", *QUICK_STOP, "--socket", sock, "--root",
-                             os.path.join(self.dir, "root")], stderr=subprocess.PIPE,
+        proc = _spawn(self, [sys.executable, MODULE, "serve", *QUICK_STOP, "--socket", sock,
+                             "--root", os.path.join(self.dir, "root")], stderr=subprocess.PIPE,
                       universal_newlines=True, env=dict(os.environ, PYTHONPATH=HERE),
                       preexec_fn=lambda: os.umask(0))
         _wait_for_socket(sock, proc)
@@ -1530,8 +1530,8 @@ class HostileClientTests(QuietLogs, unittest.TestCase):
 
     def test_descriptors_run_out_without_a_spin(self):
         import resource
-        proc = _spawn(self, [sys.executable, MODULE, "serve", *QUICK_STOP, "--socket", self.path, "--root",
-                             os.path.join(self.dir, "root")],
+        proc = _spawn(self, [sys.executable, MODULE, "serve", *QUICK_STOP, "--socket", self.path,
+                             "--root", os.path.join(self.dir, "root")],
                       stderr=subprocess.PIPE, universal_newlines=True, env=dict(os.environ, PYTHONPATH=HERE),
                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (24, 48)))
         _wait_for_socket(self.path, proc)
@@ -2190,8 +2190,8 @@ class StateTests(QuietLogs, unittest.TestCase):
             f.write(hostdirs_example())
         allowed, sock = os.path.join(self.base, "srv"), os.path.join(self.base, "p.sock")
         os.mkdir(allowed, 0o700)
-        proc = _spawn(self, [sys.executable, MODULE, "serve", *QUICK_STOP, "--socket", sock, "--driver",
-                             module + ":HostDirectories", "--driver-opt",
+        proc = _spawn(self, [sys.executable, MODULE, "serve", *QUICK_STOP, "--socket", sock,
+                             "--driver", module + ":HostDirectories", "--driver-opt",
                              "state_dir=" + os.path.join(self.base, "state"), "--driver-opt",
                              "allowed=" + allowed], stderr=subprocess.PIPE, universal_newlines=True,
                       env=dict(os.environ, PYTHONPATH=HERE))
