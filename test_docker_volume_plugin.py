@@ -3000,8 +3000,9 @@ class LookupTests(unittest.TestCase):
 
 
 def run_main(test, *args):
-    """``main(args)`` in this process: (exit status, stdout, stderr). The
-    logging it configures is undone after the test."""
+    """``main(args)`` in this process, for what ends before serving: (exit
+    status, stdout, stderr). A server it would start fails the test instead
+    of serving for ever; the logging it configures is undone."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
 
@@ -3009,7 +3010,10 @@ def run_main(test, *args):
         root.handlers[:] = handlers
         root.setLevel(level)
     test.addCleanup(restore)
-    with contextlib.redirect_stdout(io.StringIO()) as out, \
+    never_serve = unittest.mock.patch.object(
+        socketserver.BaseServer, "serve_forever",
+        side_effect=AssertionError("main(%r) went on to serve" % (args,)))
+    with never_serve, contextlib.redirect_stdout(io.StringIO()) as out, \
             contextlib.redirect_stderr(io.StringIO()) as err:
         code = dvp.main(list(args))
     return code, out.getvalue(), err.getvalue()
