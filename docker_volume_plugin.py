@@ -1546,12 +1546,7 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
             servers.append(TCPPluginServer(None, plugin, name=name, spec_dir=spec_dir, sock=sock,
                                            tls_context=tls_context, spec_tls=spec_tls, **limits))
     if not servers and tcp_address is not None:
-        if tls_context is None and not insecure_tcp and not _is_loopback(tcp_address[0] or
-                                                                           "127.0.0.1"):
-            raise ValueError("refusing plain TCP on %s: anyone who can reach it could create, "
-                             "mount and remove volumes as root. Serve TLS with client "
-                             "certificates (--tls-cert, --tls-key, --tls-ca), or say "
-                             "--insecure-tcp" % tcp_address[0])
+        _refuse_plain_tcp(tcp_address, tls_context, insecure_tcp)
         servers.append(TCPPluginServer(tcp_address, plugin, name=name, spec_dir=spec_dir,
                                        tls_context=tls_context, spec_tls=spec_tls, **limits))
     elif not servers:
@@ -1588,6 +1583,17 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("stopped")
+
+
+def _refuse_plain_tcp(tcp_address: "Tuple[str, int]", tls_context: "Any",
+                      insecure_tcp: bool) -> None:
+    """Refuse plain TCP on an address other than loopback, unless ``insecure_tcp``."""
+    if tls_context is None and not insecure_tcp and not _is_loopback(tcp_address[0] or
+                                                                       "127.0.0.1"):
+        raise ValueError("refusing plain TCP on %s: anyone who can reach it could create, "
+                         "mount and remove volumes as root. Serve TLS with client "
+                         "certificates (--tls-cert, --tls-key, --tls-ca), or say "
+                         "--insecure-tcp" % tcp_address[0])
 
 
 def _describe(plugin: Plugin, servers: "List[Any]") -> str:
@@ -3907,6 +3913,10 @@ def main(argv: "Optional[List[str]]" = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     driver = None
     try:
+        # Every option is checked before the driver makes its root.
+        tls_context, spec_tls = _tls_arguments(args)
+        if args.tcp is not None:
+            _refuse_plain_tcp(args.tcp, tls_context, args.insecure_tcp)
         if args.driver:
             if args.run_dir:
                 raise _UsageError("--run-dir is the built-in driver's; give your driver its "
@@ -3917,7 +3927,6 @@ def main(argv: "Optional[List[str]]" = None) -> int:
                 raise _UsageError("--driver-opt goes with --driver")
             # Global: the root is shared by every node, and so is the state.
             driver = DirectoryDriver(args.root, args.run_dir, shared=args.scope == "global")
-        tls_context, spec_tls = _tls_arguments(args)
         serve(driver, name=args.name, socket_path=args.socket, tcp_address=args.tcp,
               spec_dir=args.spec_dir, group=args.group, tls_context=tls_context,
               spec_tls=spec_tls, insecure_tcp=args.insecure_tcp, scope=args.scope,

@@ -1215,8 +1215,9 @@ class TLSTests(QuietLogs, unittest.TestCase):
         self.assertIn("did not finish its handshake", logs.output[0])
 
     def test_plain_tcp_elsewhere_than_loopback_is_refused(self):
-        code, _, stderr = run_main(self, "serve", "--tcp", "0.0.0.0:0", "--root",
-                                   os.path.join(self.specs, "root"), "--spec-dir", self.specs)
+        root = os.path.join(self.specs, "root")
+        code, _, stderr = run_main(self, "serve", "--tcp", "0.0.0.0:0", "--root", root,
+                                   "--spec-dir", self.specs)
         self.assertEqual(code, 1)
         self.assertIn("refusing plain TCP on 0.0.0.0", stderr)
         self.assertIn("--insecure-tcp", stderr)
@@ -1224,9 +1225,10 @@ class TLSTests(QuietLogs, unittest.TestCase):
                               (["--tcp", "127.0.0.1:0", "--tls-cert", "x"], "both --tls-cert and"),
                               (["--tcp", "127.0.0.1:0", "--tls-cert", "x", "--tls-key", "y",
                                 "--tls-ca", "z"], "--tls-ca requires client certificates")):
-            code, _, stderr = run_main(self, "serve", *args)
+            code, _, stderr = run_main(self, "serve", "--root", root, *args)
             self.assertEqual(code, 2, args)
             self.assertIn(message, stderr)
+        self.assertFalse(os.path.exists(root))  # refused before anything was made
 
 
 # -- hardening: other local users, hostile clients, an exhausted host -------------------
