@@ -38,18 +38,24 @@ Runs unchanged on CPython 3.6 to 3.13, with Docker and with Podman.
 Importing it has no side effects. Copy the file into your project if you
 like; keep this header with it.
 
-Contents, in the order a call travels (each section under its banner):
+Contents, in the order of the file (each section under its banner); a driver
+author can stop reading after section 3:
 
-1. Compatibility, constants and errors: ``PluginError``, ``VolumeNotFound``.
-2. Helpers: JSON as Go reads it, ``format_rfc3339``, atomic files, spec files.
-3. Protocol: ``Plugin``, the endpoints over any driver object.
-4. Transport: ``PluginRequestHandler`` on ``http.server``, the threaded
-   ``UnixPluginServer`` and ``TCPPluginServer`` and their limits, ``serve``,
-   systemd socket activation and notification.
-5. Client and lookup: ``PluginClient``, ``find_plugin``, as the engines do it.
-6. Checker: ``check_plugin``, the engines' call sequences and rules.
-7. Drivers: ``Driver``, which keeps the state, and ``DirectoryDriver``.
-8. Command line: ``serve``, ``mounts``, ``check``, ``plugin-config``.
+1. Errors and shared helpers: ``PluginError``, ``VolumeNotFound``,
+   ``PluginCallError``, ``format_rfc3339``, JSON as Go reads it, atomic
+   files and lock files.
+2. Protocol: ``Plugin``, the endpoints over any driver object.
+3. Drivers: the option parsers, ``Driver``, which keeps the state, and
+   ``DirectoryDriver`` on it.
+4. HTTP: ``PluginRequestHandler`` on ``http.server``.
+5. Servers: the threaded ``UnixPluginServer`` and ``TCPPluginServer`` and
+   their limits, ``server_tls_context``, ``write_spec_file`` and
+   ``write_json_spec_file``.
+6. systemd: socket activation, readiness and the watchdog.
+7. ``serve``: the servers until a signal.
+8. Client and lookup: ``PluginClient``, ``find_plugin``, as the engines do it.
+9. Checker: ``check_plugin``, the engines' call sequences and rules.
+10. Command line: ``serve``, ``mounts``, ``check``, ``plugin-config``.
 """
 
 __version__ = "0.2.0"
@@ -81,10 +87,6 @@ import time
 import http.client
 import http.server
 
-###############################################################################
-# Compatibility ###############################################################
-###############################################################################
-
 # Type hints are written as strings and the typing names imported only for type
 # checkers: importing ``typing`` would cost up to 4 ms of every start-up, and
 # plugin start-up sits in front of ``docker run`` after every reboot.
@@ -92,12 +94,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple  # noqa: F401
 
+###############################################################################
+# Errors and shared helpers ###################################################
+###############################################################################
+
 _monotonic = time.monotonic
 _UTC = datetime.timezone.utc
-
-###############################################################################
-# Constants ###################################################################
-###############################################################################
+log = logging.getLogger("docker_volume_plugin")
 
 #: Where the engine looks for plugin sockets; fixed in moby (pkg/plugins/discovery.go).
 PLUGIN_SOCKET_DIR = "/run/docker/plugins"
@@ -106,25 +109,18 @@ PLUGIN_SPEC_DIR = "/etc/docker/plugins"
 #: The Accept value the engine sends and the media type we answer with.
 _PLUGIN_MEDIA_TYPE = "application/vnd.docker.plugins.v1.2+json"
 
-#: sockaddr_un.sun_path on Linux, in bytes; the engine refuses longer paths.
-_MAX_SOCKET_PATH_BYTES = 108
-
-#: A managed plugin's socket on the host: Docker makes the directory
-#: /run/docker/plugins/ID (moby plugin/v2/plugin_linux.go) and binds it at
-#: /run/docker/plugins inside the plugin.
-_MANAGED_SOCKET = re.compile(re.escape(PLUGIN_SOCKET_DIR) + r"/[0-9a-f]{64}/")
-
 _DIGITS = re.compile(r"[0-9]+\Z")
-_HEX_DIGITS = re.compile(br"[0-9A-Fa-f]{1,16}\Z")
+
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
     r"(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z")
 
-log = logging.getLogger("docker_volume_plugin")
+# NaN and Infinity are not JSON: Go's decoder, and so the engine, fails on them.
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
-###############################################################################
-# Errors ######################################################################
-###############################################################################
+#: Flags for every file the plugin creates: never through a symbolic link
+#: another user planted, never inherited by a child process.
+_CREATE_FLAGS = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class PluginError(Exception):
@@ -167,10 +163,6 @@ class PluginCallError(Exception):
         Exception.__init__(self, message)
         self.status = status
 
-###############################################################################
-# Helpers #####################################################################
-###############################################################################
-
 
 def format_rfc3339(value: "Any") -> "Optional[str]":
     """Return ``value`` as an RFC 3339 UTC timestamp Docker can decode, or None.
@@ -210,65 +202,8 @@ def format_rfc3339(value: "Any") -> "Optional[str]":
     return text + "Z"
 
 
-# NaN and Infinity are not JSON: Go's decoder, and so the engine, fails on them.
-_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-_quote_json = json.encoder.encode_basestring_ascii  # the C version where there is one
-_LIST_ENTRY = '{"Name":%s,"Mountpoint":%s}'
-
-
 def _encode_json(payload: "Any") -> bytes:
     return _JSON_ENCODER.encode(payload).encode("ascii")
-
-
-def _decode_json_object(body: bytes) -> "Dict[str, Any]":
-    """Decode a request body; an empty one (Activate, retries) is ``{}``."""
-    if not body.strip():
-        return {}
-    try:
-        value = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise _BadRequest("request body is not UTF-8")
-    except ValueError as exc:
-        raise _BadRequest("request body is not valid JSON: %s" % exc)
-    except RecursionError:
-        raise _BadRequest("request body is nested too deeply")
-    if not isinstance(value, dict):
-        raise _BadRequest("request body must be a JSON object, not %s" % type(value).__name__)
-    return value
-
-
-#: Longest string accepted in each request field, in characters: Docker's
-#: names (its anonymous ones are 64 hex characters) and both engines' 64-hex
-#: mount IDs fit well inside, and no file system takes a longer file name.
-_FIELD_LIMITS = {"Name": 255, "ID": 128}
-
-
-def _string_field(request: "Dict[str, Any]", field: str) -> str:
-    value = request.get(field)
-    if value is None:
-        raise _BadRequest(
-            "request has no %s (Docker resends a request with an empty body when "
-            "a connection broke after sending it)" % field)
-    if not isinstance(value, str):
-        raise _BadRequest("%s must be a string, not %s" % (field, type(value).__name__))
-    if not value:
-        raise _BadRequest("%s is empty" % field)
-    if len(value) > _FIELD_LIMITS[field]:
-        raise _BadRequest("%s is %d characters long, over the limit of %d"
-                          % (field, len(value), _FIELD_LIMITS[field]))
-    return value
-
-
-def _options_field(request: "Dict[str, Any]") -> "Dict[str, str]":
-    opts = request.get("Opts")
-    if opts is None:  # docker run -v and --mount send null (moby daemon/volumes.go)
-        return {}
-    if not isinstance(opts, dict):
-        raise _BadRequest("Opts must be an object of strings, not %s" % type(opts).__name__)
-    for key, value in opts.items():
-        if not isinstance(value, str):
-            raise _BadRequest("option %r must be a string, not %s" % (key, type(value).__name__))
-    return opts
 
 
 def _error_text(exc: BaseException) -> str:
@@ -280,9 +215,12 @@ def _error_text(exc: BaseException) -> str:
     return "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
 
 
-#: Flags for every file the plugin creates: never through a symbolic link
-#: another user planted, never inherited by a child process.
-_CREATE_FLAGS = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_file_atomically(path: str, data: bytes, mode: int = 0o644,
@@ -360,54 +298,39 @@ def _unsafe_directory(path: str) -> "Optional[str]":
         current, below = parent, current
 
 
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
+def _hold_lock(lock_path: str, busy: str) -> int:
+    """Create and flock ``lock_path`` (0600, never through a link); OSError
+    saying ``busy`` if another process holds it."""
+    import fcntl  # Unix only
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | _CREATE_FLAGS, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+                return fd
+        except BlockingIOError:
+            os.close(fd)
+            raise OSError(errno.EBUSY, busy)
+        except FileNotFoundError:
+            pass  # its last holder removed it as we took it: take the new one
         os.close(fd)
 
 
-def write_spec_file(name: str, address: str, directory: str = PLUGIN_SPEC_DIR) -> str:
-    """Write ``DIRECTORY/NAME.spec`` holding ``address`` (``tcp://host:port``).
-
-    The engine reads the URL from it (moby pkg/plugins/discovery.go); the file is replaced
-    atomically. Returns its path.
-    """
-    return _write_spec(directory, name + ".spec", address, (address + "\n").encode("utf-8"))
-
-
-def write_json_spec_file(name: str, address: str, directory: str = PLUGIN_SPEC_DIR,
-                         tls_config: "Optional[Dict[str, Any]]" = None) -> str:
-    """Write ``DIRECTORY/NAME.json`` with ``Addr`` and optional ``TLSConfig``.
-
-    ``tls_config`` takes the engine's keys (``CAFile``, ``CertFile``,
-    ``KeyFile``, ``InsecureSkipVerify``). Beware: with a ``TLSConfig`` but no
-    ``CAFile`` the engine does not verify the plugin's certificate
-    (moby pkg/plugins/discovery.go). Returns the file's path.
-    """
-    spec = {"Name": name, "Addr": address}  # type: Dict[str, Any]
-    if tls_config is not None:
-        spec["TLSConfig"] = dict(tls_config)
-    return _write_spec(directory, name + ".json", address,
-                       json.dumps(spec, indent=2).encode("utf-8") + b"\n")
-
-
-def _write_spec(directory: str, filename: str, address: str, data: bytes) -> str:
-    if "://" not in address:  # the engine fails such a spec with "Unknown protocol"
-        raise ValueError("plugin address %r has no scheme such as tcp://" % address)
-    _make_directories(directory, 0o755)
-    path = os.path.join(directory, filename)
-    _write_file_atomically(path, data)
-    return path
+def _release_lock(lock_path: str, fd: int) -> None:
+    """Remove a lock file we hold (nobody else can be using it), then let go."""
+    try:
+        if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+            os.unlink(lock_path)
+    except OSError:
+        pass
+    os.close(fd)
 
 ###############################################################################
-# Protocol layer ##############################################################
+# Protocol: Plugin, the endpoints over any driver object ######################
 ###############################################################################
 
 #: Methods a volume driver must have; ``path`` and ``capabilities`` are optional.
 _REQUIRED_METHODS = ("create", "remove", "mount", "unmount", "get", "list")
-
 #: Endpoint -> (Plugin method, read-only). Read-only calls are the engine's
 #: constant polling and are logged at DEBUG (moby volume/service/store.go).
 _VOLUME_ROUTES = (
@@ -420,6 +343,95 @@ _VOLUME_ROUTES = (
     ("/VolumeDriver.Path", "_volume_path", True),
     ("/VolumeDriver.Capabilities", "_volume_capabilities", True),
 )
+#: Calls whose successful reply, if it cannot be delivered, :meth:`Plugin.undo` undoes.
+_UNDO_IF_UNDELIVERED = frozenset(["/VolumeDriver.Mount"])
+#: Longest string accepted in each request field, in characters: Docker's
+#: names (its anonymous ones are 64 hex characters) and both engines' 64-hex
+#: mount IDs fit well inside, and no file system takes a longer file name.
+_FIELD_LIMITS = {"Name": 255, "ID": 128}
+
+_quote_json = json.encoder.encode_basestring_ascii  # the C version where there is one
+_LIST_ENTRY = '{"Name":%s,"Mountpoint":%s}'
+
+
+def _decode_json_object(body: bytes) -> "Dict[str, Any]":
+    """Decode a request body; an empty one (Activate, retries) is ``{}``."""
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise _BadRequest("request body is not UTF-8")
+    except ValueError as exc:
+        raise _BadRequest("request body is not valid JSON: %s" % exc)
+    except RecursionError:
+        raise _BadRequest("request body is nested too deeply")
+    if not isinstance(value, dict):
+        raise _BadRequest("request body must be a JSON object, not %s" % type(value).__name__)
+    return value
+
+
+def _string_field(request: "Dict[str, Any]", field: str) -> str:
+    value = request.get(field)
+    if value is None:
+        raise _BadRequest(
+            "request has no %s (Docker resends a request with an empty body when "
+            "a connection broke after sending it)" % field)
+    if not isinstance(value, str):
+        raise _BadRequest("%s must be a string, not %s" % (field, type(value).__name__))
+    if not value:
+        raise _BadRequest("%s is empty" % field)
+    if len(value) > _FIELD_LIMITS[field]:
+        raise _BadRequest("%s is %d characters long, over the limit of %d"
+                          % (field, len(value), _FIELD_LIMITS[field]))
+    return value
+
+
+def _options_field(request: "Dict[str, Any]") -> "Dict[str, str]":
+    opts = request.get("Opts")
+    if opts is None:  # docker run -v and --mount send null (moby daemon/volumes.go)
+        return {}
+    if not isinstance(opts, dict):
+        raise _BadRequest("Opts must be an object of strings, not %s" % type(opts).__name__)
+    for key, value in opts.items():
+        if not isinstance(value, str):
+            raise _BadRequest("option %r must be a string, not %s" % (key, type(value).__name__))
+    return opts
+
+
+def _volume_reply(volume: "Any", name: str) -> "Dict[str, Any]":
+    """Check a driver's volume mapping and shape it as Docker decodes it.
+
+    The reply echoes the requested name (Docker uses the returned one). A bad
+    optional field is dropped with an error in the log rather than sent: a
+    reply Docker cannot decode makes it forget the volume (moby volume/drivers/adapter.go).
+    """
+    if not hasattr(volume, "get"):
+        raise TypeError("driver's get(%r) returned %r, not a mapping" % (name, volume))
+    reply = {"Name": name}  # type: Dict[str, Any]
+    mountpoint = volume.get("Mountpoint")
+    if isinstance(mountpoint, str):
+        reply["Mountpoint"] = mountpoint
+    elif mountpoint is not None:
+        log.error("volume %r: dropping Mountpoint %r, not a string", name, mountpoint)
+    created = volume.get("CreatedAt")
+    if created is not None:
+        text = format_rfc3339(created)
+        if text is None:
+            log.error("volume %r: dropping CreatedAt %r, not an RFC 3339 time with a timezone "
+                      "(Docker would treat the volume as missing)", name, created)
+        else:
+            reply["CreatedAt"] = text
+    status = volume.get("Status")
+    if status is not None:
+        try:
+            _encode_json(status)
+            if not isinstance(status, dict):
+                raise TypeError("not an object")
+            reply["Status"] = status
+        except (TypeError, ValueError) as exc:
+            log.error("volume %r: dropping Status %r: %s", name, status, exc)
+    return reply
 
 
 class Plugin(object):
@@ -648,51 +660,792 @@ class Plugin(object):
                               "'global'" % (scope,))
         return {"Capabilities": capabilities}
 
+###############################################################################
+# Drivers: option parsers, Driver, DirectoryDriver ############################
+###############################################################################
 
-#: Calls whose successful reply, if it cannot be delivered, :meth:`Plugin.undo` undoes.
-_UNDO_IF_UNDELIVERED = frozenset(["/VolumeDriver.Mount"])
-_DATE = [0, ""]  # type: List[Any]  # the Date header's second and text
+#: The names Docker's own ``local`` driver accepts (moby volume/local/local.go);
+#: they cover the 64-hex anonymous names. The engines pass plugin volume names
+#: unchecked (moby volume/mounts/linux_parser.go), so a driver must check them.
+_VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
+#: Longest volume name, in characters: a file name must fit NAME_MAX.
+_MAX_VOLUME_NAME = 200
+#: Digits accepted in a number option: 4294967294 has ten.
+_MAX_ID_DIGITS = 10
+#: Octal permissions, the sticky bit at most: setuid and setgid are refused.
+_MODE = re.compile(r"0?1?[0-7]{1,3}\Z")
+_SIZE = re.compile(r"([0-9]{1,15})([kKmMgGtT]?)[bB]?\Z")
+
+_BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+_RECORD_VERSION = 2
+#: Where boot-scoped state (mount counts, the lock) lives when run as root.
+_RUN_DIR = "/run/docker-volume-plugin"
+
+#: In a shared state directory: each node's mount counts, and the lock all share.
+_NODES_DIR = "nodes"
+_SHARED_LOCK = "lock"
+
+_STATE_DIR = ".docker-volume-plugin"
+_V1_STATE_FILE = ".docker-volume-plugin.json"
+_V1_LOCK_FILE = ".docker-volume-plugin.lock"
+_TRASH_PREFIX = ".removing-"
+
+
+def uint_option(value: str) -> int:
+    """An option parser: a whole number from 0 to 4294967294 (a uid, a gid)."""
+    if not _DIGITS.match(value) or len(value) > _MAX_ID_DIGITS or int(value) > 0xFFFFFFFE:
+        raise ValueError("must be a number from 0 to 4294967294")
+    return int(value)
+
+
+def mode_option(value: str) -> int:
+    """An option parser: octal permissions from 0 to 1777 (setuid and setgid refused)."""
+    if not _MODE.match(value):
+        raise ValueError("must be octal permissions from 0 to 1777, such as 0755 (setuid and "
+                         "setgid are refused)")
+    return int(value, 8)
+
+
+def size_option(value: str) -> int:
+    """An option parser: a size in bytes, with an optional K, M, G or T (powers of 1024)."""
+    match = _SIZE.match(value)
+    if match is None:
+        raise ValueError("must be a size such as 512M or 10G")
+    return int(match.group(1)) << (10 * " KMGT".index(match.group(2).upper() or " "))
+
+
+def _format_options(options: "Dict[str, str]") -> str:
+    return ", ".join("%s=%s" % item for item in sorted(options.items())) or "(none)"
+
+
+def _boot_id() -> "Optional[str]":
+    try:
+        with open(_BOOT_ID_FILE) as boot_id:
+            return boot_id.read().strip()
+    except OSError:
+        return None
+
+
+def _private_directory(path: str, what: str) -> str:
+    """Make ``path`` (0700) if it is missing and return it resolved, once: a
+    link in it cannot be turned elsewhere later. One that another user could
+    write is refused: the plugin runs as root, and they could plant links
+    where it writes."""
+    _make_directories(os.path.abspath(path), 0o700)
+    real = os.path.realpath(path)
+    unsafe = _unsafe_directory(real)
+    if unsafe is not None:
+        raise PermissionError(errno.EPERM, "refusing to keep %s in %s: %s. The plugin runs as "
+                              "root; give it a directory no other user can write"
+                              % (what, real, unsafe))
+    return real
+
+
+def _default_run_dir(state_dir: str) -> str:
+    """A boot-scoped directory of our own for ``state_dir``'s mount counts."""
+    import hashlib
+    key = hashlib.sha256(os.fsencode(state_dir)).hexdigest()[:16]
+    if os.geteuid() == 0:
+        return os.path.join(_RUN_DIR, key)
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(
+        "/tmp", "docker-volume-plugin-%d" % os.geteuid())
+    return os.path.join(base, "docker-volume-plugin", key)
+
+
+def _node_run_dir(state_dir: str, node: str) -> str:
+    """Where one node counts its mounts of a shared ``state_dir``."""
+    if not _VOLUME_NAME.match(node):
+        raise ValueError("host name %r cannot name this node's mount counts" % node)
+    return os.path.join(state_dir, _NODES_DIR, node)
+
+
+def _storage_error(exc: OSError, directory: str) -> Exception:
+    """A full or read-only file system, said plainly; other errors as they are."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return PluginError("no space left on the file system of %s: free some, then try again "
+                           "(mounting existing volumes still works)" % directory)
+    if exc.errno == errno.EROFS:
+        return PluginError("%s is on a read-only file system: volumes cannot be created or "
+                           "removed (mounting existing ones still works)" % directory)
+    return exc
+
+
+def _read_json(path: str, what: str) -> "Dict[str, Any]":
+    """A state file, never through a link; a damaged one stops the start."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as state_file:
+        raw = state_file.read()
+    try:
+        value = json.loads(raw.decode("utf-8"))
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        # Written atomically, so this is damage from outside: going on
+        # without it would make the engines forget the volume.
+        raise ValueError("%s %s is damaged (%s); not starting. Repair or move it away."
+                         % (what, path, exc))
+    return value
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("cannot remove %s: %s", path, exc.strerror)
+
+
+class Driver(object):
+    """A volume driver with the bookkeeping done: write only the storage part.
+
+    Subclass it and override the hooks that your storage needs; each is
+    called with that volume's lock held, never concurrently for one volume,
+    while calls for other volumes run in parallel:
+
+    ``provision(name, options)``
+        Make the storage of a new volume. ``options`` holds the parsed values.
+        After a crash cut a create short, the storage is destroyed, so the
+        create starts over: a volume exists with all its options or not at all.
+    ``attach(name, options) -> str``
+        Make the volume available on its first mount and return the absolute
+        path that containers get. Default: :meth:`mountpoint`.
+    ``detach(name, options, mountpoint)``
+        After its last unmount. Default: nothing.
+    ``destroy(name, options)``
+        Delete the storage; never called while the volume is mounted. Must
+        succeed for storage that is half made or already gone.
+    ``mountpoint(name, options) -> Optional[str]``
+        The path shown while the volume is not mounted. Default: None.
+    ``status(name, options) -> dict``
+        Extra fields for the volume's ``Status``. Default: none.
+
+    Class attributes that may be overridden: ``options`` maps each accepted
+    option to a parser, which takes the string and returns the value or raises
+    ValueError saying what is expected (:func:`uint_option`,
+    :func:`mode_option`, :func:`size_option`, or ``str``); an option not listed
+    is refused. ``secret_words``: an option whose name contains one is a secret,
+    never shown or logged. ``scope``: ``"local"``, or ``"global"`` for storage
+    every node sees. ``name_pattern`` and ``max_name_length``: the names accepted.
+
+    What it does for you: each volume is a record in ``state_dir``, one JSON
+    file readable by root alone, replaced atomically and fsynced, so a create
+    or remove that was answered survives ``kill -9`` and power loss. Mounts
+    are counted per mount ID, ``docker cp`` reusing one, and kept in
+    ``run_dir`` (boot-scoped, under ``/run`` by default): replaced atomically,
+    so they survive ``kill -9``, but not fsynced, since no container survives a
+    reboot. A volume with mounts left cannot be removed. A lock file keeps a
+    second process off the same state. Mount and unmount write only to
+    ``run_dir``, so they work when ``state_dir``'s file system is full or
+    read-only; create and remove then fail saying so.
+
+    ``shared`` (default: ``scope == "global"``) is for a ``state_dir`` that
+    several nodes see, on a shared file system: every call reads the records
+    from disk instead of memory, each node counts its mounts in
+    ``state_dir/nodes/HOSTNAME/`` (its ``run_dir``), create, remove, mount
+    and unmount take a lock on ``state_dir`` that all nodes share (so one node's
+    change waits for another's), and a volume mounted on any node cannot be
+    removed. Node host names must differ.
+    """
+
+    options = {}  # type: Dict[str, Callable[[str], Any]]
+    secret_words = ("password", "secret", "token", "key")
+    scope = "local"
+    name_pattern = _VOLUME_NAME
+    max_name_length = _MAX_VOLUME_NAME
+
+    def __init__(self, state_dir: str, run_dir: "Optional[str]" = None,
+                 shared: "Optional[bool]" = None) -> None:
+        self.shared = self.scope == "global" if shared is None else shared
+        self.state_dir = _private_directory(state_dir, "volume state")
+        if run_dir is None:
+            run_dir = (_node_run_dir(self.state_dir, socket.gethostname()) if self.shared
+                       else _default_run_dir(self.state_dir))
+        self.run_dir = _private_directory(run_dir, "mount counts")
+        # Readable by root alone: anyone who could open it could flock it
+        # and keep the plugin from starting.
+        self._lock_fd = _hold_lock(os.path.join(self.run_dir, "lock"), "another process "
+                                   "serves the volumes of %s" % self.state_dir)
+        self._boot_id = _boot_id()
+        self._locks_lock = threading.Lock()
+        # name -> [lock, users]: kept only while a call holds or waits for it,
+        # so names that do not exist leave nothing behind.
+        self._volume_locks = {}  # type: Dict[str, List[Any]]
+        # name -> record; name -> {"mounts": {id: n}, "mountpoint"}. Their
+        # values are replaced, never changed in place, and the tables change
+        # under _tables_lock, so Get reads one without a lock and List copies
+        # one under it: no call waits for another volume's slow work.
+        self._tables_lock = threading.Lock()
+        self._volumes = {}  # type: Dict[str, Dict[str, Any]]
+        self._parsed_options = {}  # type: Dict[str, Tuple[Dict[str, Any], Dict[str, Any]]]
+        self._mounts = {}  # type: Dict[str, Dict[str, Any]]
+        # Shared: one lock for all nodes, and one holder at a time in this
+        # process (a flock belongs to the open file, not to a thread).
+        self._shared_mutex = threading.Lock()
+        self._shared_fd = -1
+        try:
+            if self.shared:
+                self._shared_fd = os.open(os.path.join(self.state_dir, _SHARED_LOCK),
+                                          os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                          0o600)
+            with self._shared_lock():
+                self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the lock on the state; tidy ``run_dir`` if no mount is left."""
+        if self._shared_fd >= 0:
+            os.close(self._shared_fd)
+            self._shared_fd = -1
+        if self._lock_fd >= 0:
+            try:
+                only_lock = os.listdir(self.run_dir) == ["lock"]
+            except OSError:  # removed under us: nothing to tidy
+                only_lock = False
+            if only_lock:
+                _release_lock(os.path.join(self.run_dir, "lock"), self._lock_fd)
+                try:
+                    os.rmdir(self.run_dir)
+                except OSError:
+                    pass  # a successor's files arrived meanwhile
+            else:
+                os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # -- the hooks ------------------------------------------------------------
+
+    def provision(self, name: str, options: "Dict[str, Any]") -> None:
+        pass
+
+    def attach(self, name: str, options: "Dict[str, Any]") -> str:
+        path = self.mountpoint(name, options)
+        if path is None:
+            raise NotImplementedError("%s must define attach() or mountpoint()"
+                                      % type(self).__name__)
+        return path
+
+    def detach(self, name: str, options: "Dict[str, Any]", mountpoint: str) -> None:
+        pass
+
+    def destroy(self, name: str, options: "Dict[str, Any]") -> None:
+        pass
+
+    def mountpoint(self, name: str, options: "Dict[str, Any]") -> "Optional[str]":
+        return None
+
+    def status(self, name: str, options: "Dict[str, Any]") -> "Dict[str, Any]":
+        return {}
+
+    # -- the volume driver contract (see Plugin) ------------------------------
+
+    def create(self, name: str, options: "Dict[str, str]") -> None:
+        self.check_name(name)
+        parsed = self.parse_options(options)
+        with self._volume_lock(name):
+            existing = self._lookup(name)
+            if existing is not None:
+                if existing["options"] == options:
+                    return  # a retried create: already done
+                raise PluginError("volume %r already exists with options %s"
+                                  % (name, self.format_options(existing["options"])))
+            record = {"version": _RECORD_VERSION, "phase": "creating", "options": dict(options),
+                      "created_at": format_rfc3339(datetime.datetime.now(_UTC))}
+            self._write_record(name, record)  # a crash from here on is undone at start
+            try:
+                self.provision(name, parsed)
+                record = dict(record, phase="ready")
+                self._write_record(name, record)
+            except BaseException:
+                self._undo_create(name, parsed)
+                raise
+            self._set(self._volumes, name, record)
+
+    def remove(self, name: str) -> None:
+        with self._volume_lock(name):
+            record = self._record(name)
+            mounts = self._mounts.get(name, {}).get("mounts")
+            if mounts:
+                # Never the mount IDs: whoever can call Unmount could release them.
+                raise PluginError("volume %r is in use: mounted %d time(s)"
+                                  % (name, sum(mounts.values())))
+            nodes = self._nodes_mounting(name)
+            if nodes:
+                raise PluginError("volume %r is in use: mounted on node %s"
+                                  % (name, ", ".join(nodes)))
+            self._write_record(name, dict(record, phase="removing"))
+            try:
+                self.destroy(name, self._parsed(name, record))
+            except BaseException:
+                self._write_record(name, record)
+                raise
+            self._delete_record(name)
+
+    def mount(self, name: str, mount_id: str) -> str:
+        with self._volume_lock(name):
+            record = self._record(name)
+            state = self._mounts.get(name) or {"mounts": {}, "mountpoint": None}
+            mounts = dict(state["mounts"])
+            path = state["mountpoint"]
+            first = not mounts
+            if first:
+                path = self.attach(name, self._parsed(name, record))
+            mounts[mount_id] = mounts.get(mount_id, 0) + 1  # docker cp reuses an ID
+            try:
+                self._write_mounts(name, {"mounts": mounts, "mountpoint": path})
+            except BaseException:
+                if first:
+                    self.detach(name, self._parsed(name, record), path)
+                raise
+            return path
+
+    def unmount(self, name: str, mount_id: str) -> None:
+        with self._volume_lock(name):
+            record = self._record(name)
+            state = self._mounts.get(name) or {"mounts": {}, "mountpoint": None}
+            mounts = dict(state["mounts"])
+            count = mounts.pop(mount_id, 0)
+            if count == 0:
+                # Docker 20.10 can unmount more than it mounted (moby
+                # volume/mounts/mounts.go); an unknown ID releases nothing.
+                log.warning("volume %r: unmount of unknown mount ID %r ignored", name, mount_id)
+                return
+            if count > 1:
+                mounts[mount_id] = count - 1
+            self._write_mounts(name, {"mounts": mounts, "mountpoint": state["mountpoint"]})
+            if not mounts:  # recorded first: a crash never leaves a phantom mount
+                try:
+                    self.detach(name, self._parsed(name, record), state["mountpoint"])
+                except BaseException:
+                    self._write_mounts(name, state)
+                    raise
+
+    def get(self, name: str) -> "Optional[Dict[str, Any]]":
+        record = self._lookup(name)
+        if record is None:
+            return None
+        options = self._parsed(name, record)
+        state = self._mounts.get(name) or {"mounts": {}, "mountpoint": None}
+        status = {"options": self.redact(record["options"]),
+                  "mounts": sum(state["mounts"].values())}  # type: Dict[str, Any]
+        path = state["mountpoint"]
+        try:
+            status.update(self.status(name, options))
+            path = path or self.mountpoint(name, options)
+        except Exception as exc:
+            # Never an error from Get for a volume that exists: the engine
+            # would forget its labels and options (moby volume/service/store.go).
+            log.exception("volume %r: describing it failed", name)
+            status["problem"] = _error_text(exc)
+        volume = {"Name": name, "CreatedAt": record["created_at"], "Status": status}
+        if path:
+            volume["Mountpoint"] = path
+        return volume
+
+    def list(self) -> "List[Dict[str, Any]]":
+        return [{"Name": name, "Mountpoint": self._listed_mountpoint(name, record)}
+                for name, record in self._snapshot()]
+
+    def path(self, name: str) -> str:
+        volume = self.get(name)
+        if volume is None:
+            raise VolumeNotFound("no such volume: %r" % name)
+        return volume.get("Mountpoint") or ""
+
+    def capabilities(self) -> "Dict[str, Any]":
+        return {"Scope": self.scope}
+
+    # -- helpers a subclass may use -------------------------------------------
+
+    def check_name(self, name: str) -> None:
+        """Refuse a name that is not ``name_pattern`` or too long."""
+        if not self.name_pattern.match(name) or len(name) > self.max_name_length or \
+                "/" in name or name.startswith("."):
+            raise PluginError(
+                "invalid volume name %r: use 1-%d letters, digits, '_', '.' or '-', starting "
+                "with a letter or digit" % (name[:self.max_name_length + 20], self.max_name_length))
+
+    def parse_options(self, options: "Dict[str, str]") -> "Dict[str, Any]":
+        """The options' values, parsed; a clear PluginError for a bad one."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise PluginError("unknown option(s) %s; known options: %s"
+                              % (", ".join(map(repr, unknown)), ", ".join(sorted(self.options))
+                                 or "none"))
+        parsed = {}
+        for key, value in options.items():
+            try:
+                parsed[key] = self.options[key](value)
+            except ValueError as exc:
+                shown = "****" if self.is_secret(key) else value[:20]
+                raise PluginError("option %s=%s %s" % (key, shown, exc))
+        return parsed
+
+    def is_secret(self, option: str) -> bool:
+        return any(word in option.lower() for word in self.secret_words)
+
+    def redact(self, options: "Dict[str, str]") -> "Dict[str, str]":
+        """``options`` with every secret's value hidden."""
+        return dict((k, "****" if self.is_secret(k) else v) for k, v in options.items())
+
+    def format_options(self, options: "Dict[str, str]") -> str:
+        return _format_options(self.redact(options))
+
+    def volumes(self) -> "Dict[str, Dict[str, Any]]":
+        """Every volume: name -> {"options", "created_at", "mounts": {id: count}}."""
+        return dict((name, {"options": record["options"], "created_at": record["created_at"],
+                            "mounts": dict((self._mounts.get(name) or {}).get("mounts", {}))})
+                    for name, record in self._snapshot())
+
+    # -- internals ------------------------------------------------------------
+
+    def _set(self, table: "Dict[str, Any]", name: str, value: "Any") -> None:
+        """Set (or, for None, remove) one entry of a table."""
+        with self._tables_lock:
+            if value is None:
+                table.pop(name, None)
+            else:
+                table[name] = value
+
+    def _snapshot(self) -> "List[Tuple[str, Dict[str, Any]]]":
+        if self.shared:
+            names = sorted(e[:-len(".json")] for e in os.listdir(self.state_dir)
+                           if e.endswith(".json"))
+            return [(name, record) for name, record in
+                    ((name, self._lookup(name)) for name in names) if record is not None]
+        with self._tables_lock:
+            return list(self._volumes.items())
+
+    def _lookup(self, name: str) -> "Optional[Dict[str, Any]]":
+        """The record of a volume that exists, or None. Shared, from disk:
+        another node may have made or removed it; written atomically, a
+        record is read whole."""
+        if not self.shared:
+            return self._volumes.get(name)
+        try:
+            record = _read_json(self._record_path(name), "volume record")
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            log.error("volume %r: %s", name, exc)  # and the next start refuses to go on
+            return None
+        return record if record.get("phase") == "ready" else None
+
+    def _listed_mountpoint(self, name: str, record: "Dict[str, Any]") -> str:
+        state = self._mounts.get(name)
+        if state and state["mountpoint"]:
+            return state["mountpoint"]
+        return self.mountpoint(name, self._parsed(name, record)) or ""
+
+    def _parsed(self, name: str, record: "Dict[str, Any]") -> "Dict[str, Any]":
+        """A recorded volume's options, parsed; never an error that would make
+        the engine take the volume for missing. Kept while the record is the
+        same object: List asks for every volume's."""
+        cached = self._parsed_options.get(name)
+        if cached is not None and cached[0] is record:
+            return cached[1]
+        try:
+            parsed = self.parse_options(record.get("options") or {})
+        except PluginError as exc:
+            log.error("volume %r: its recorded options no longer parse: %s", name, exc)
+            parsed = {}
+        self._parsed_options[name] = (record, parsed)
+        return parsed
+
+    def _record(self, name: str) -> "Dict[str, Any]":
+        record = self._lookup(name)
+        if record is None:
+            raise VolumeNotFound("no such volume: %r" % name)
+        return record
+
+    @contextlib.contextmanager
+    def _volume_lock(self, name: str) -> "Iterator[None]":
+        with self._locks_lock:
+            entry = self._volume_locks.get(name)
+            if entry is None:
+                entry = self._volume_locks[name] = [threading.Lock(), 0]
+            entry[1] += 1
+        try:
+            with entry[0], self._shared_lock():
+                yield
+        finally:
+            with self._locks_lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._volume_locks[name]
+
+    def _record_path(self, name: str) -> str:
+        return os.path.join(self.state_dir, name + ".json")
+
+    def _write_record(self, name: str, record: "Dict[str, Any]") -> None:
+        try:
+            _write_file_atomically(self._record_path(name), _encode_json(record), 0o600)
+        except OSError as exc:
+            raise _storage_error(exc, self.state_dir)
+
+    def _delete_record(self, name: str) -> None:
+        self._set(self._volumes, name, None)
+        self._set(self._mounts, name, None)
+        self._parsed_options.pop(name, None)
+        for path, durable in ((self._record_path(name), True),
+                              (os.path.join(self.run_dir, name + ".json"), False)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _storage_error(exc, self.state_dir)
+            if durable:
+                _fsync_directory(self.state_dir)
+
+    def _undo_create(self, name: str, parsed: "Dict[str, Any]") -> None:
+        try:
+            self.destroy(name, parsed)
+            self._delete_record(name)
+        except Exception:
+            log.exception("volume %r: undoing a failed create failed; it is undone at the next "
+                          "start", name)
+
+    def _write_mounts(self, name: str, state: "Dict[str, Any]") -> None:
+        path = os.path.join(self.run_dir, name + ".json")
+        if state["mounts"]:
+            data = _encode_json({"boot_id": self._boot_id, "mounts": state["mounts"],
+                                 "mountpoint": state["mountpoint"]})
+            _write_file_atomically(path, data, 0o600, durable=False)
+            self._set(self._mounts, name, state)
+        else:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            self._set(self._mounts, name, None)
+
+    def _start(self) -> None:
+        """Load the records and finish, or undo, what a crash cut short."""
+        self._upgrade()
+        volumes = {}  # type: Dict[str, Dict[str, Any]]
+        for entry in sorted(os.listdir(self.state_dir)):
+            path = os.path.join(self.state_dir, entry)
+            if ".json.tmp-" in entry:
+                _unlink_quietly(path)  # a write cut short; the record itself is whole
+                continue
+            if not entry.endswith(".json"):
+                continue
+            name, record = entry[:-len(".json")], _read_json(path, "volume record")
+            if record.get("phase") == "ready":
+                volumes[name] = record
+                continue
+            # A create or a remove that was never answered: finish it.
+            log.warning("volume %r: a %s was cut short; finishing it", name,
+                        "create" if record.get("phase") == "creating" else "remove")
+            try:
+                self.destroy(name, self._parsed(name, record))
+                _unlink_quietly(path)
+            except Exception:
+                log.exception("volume %r: could not finish; trying again at the next start", name)
+        self._volumes = volumes
+        mounts = {}
+        for entry in os.listdir(self.run_dir):
+            if not entry.endswith(".json"):
+                if ".json.tmp-" in entry:
+                    _unlink_quietly(os.path.join(self.run_dir, entry))
+                continue
+            name = entry[:-len(".json")]
+            state = _read_json(os.path.join(self.run_dir, entry), "mount count file")
+            if name in volumes and state.get("boot_id") == self._boot_id and state.get("mounts"):
+                mounts[name] = {"mounts": state["mounts"], "mountpoint": state.get("mountpoint")}
+            else:  # a reboot (no container survived it) or a volume since removed
+                _unlink_quietly(os.path.join(self.run_dir, entry))
+        self._mounts = mounts
+
+    def _upgrade(self) -> None:
+        """Convert state of an earlier version; nothing by default."""
+
+    # -- shared state (scope global): every node's mounts, one lock for all ---
+
+    def _nodes_mounting(self, name: str) -> "List[str]":
+        """The other nodes that count a mount of ``name`` (shared state only)."""
+        nodes_dir = os.path.join(self.state_dir, _NODES_DIR)
+        if not self.shared or not os.path.isdir(nodes_dir):
+            return []
+        nodes = []
+        for node in sorted(os.listdir(nodes_dir)):
+            path = os.path.join(nodes_dir, node, name + ".json")
+            if os.path.realpath(os.path.dirname(path)) != self.run_dir and os.path.exists(path):
+                try:
+                    if _read_json(path, "mount count file").get("mounts"):
+                        nodes.append(node)
+                except (OSError, ValueError):
+                    nodes.append(node)  # unreadable: take it as mounted
+        return nodes
+
+    @contextlib.contextmanager
+    def _shared_lock(self) -> "Iterator[None]":
+        """All nodes' lock on shared state; nothing when not shared."""
+        if self._shared_fd < 0:
+            yield
+            return
+        import fcntl
+        with self._shared_mutex:
+            fcntl.flock(self._shared_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._shared_fd, fcntl.LOCK_UN)
+
+
+def _is_real_directory(path: str) -> bool:
+    """A directory, not a symlink to one: we never follow a link out of the root."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+    try:
+        if _is_real_directory(path):
+            shutil.rmtree(path)  # does not follow symlinks inside the tree
+        else:
+            os.unlink(path)
+    except OSError as exc:
+        log.error("could not remove %s: %s (it is removed at the next start)", path, exc)
+
+
+class DirectoryDriver(Driver):
+    """Each volume is a directory under ``root``; built on :class:`Driver`.
+
+    Options: ``uid``, ``gid`` (numbers) and ``mode`` (octal, 0 to 1777,
+    default 0755) of the volume's directory. Records live in
+    ``root/.docker-volume-plugin/``. The root is made private (0700); one
+    another user could write is refused. A volume whose directory has
+    vanished is reported in its ``Status`` and never mounted, rather than
+    handed to a container empty; a directory under the root with no record
+    is not a volume and is left alone. A root written by version 0.1 (one
+    ``.docker-volume-plugin.json``) is converted at the first start, keeping
+    every volume, option, creation time and mount count.
+    """
+
+    options = {"uid": uint_option, "gid": uint_option, "mode": mode_option}
+
+    def __init__(self, root: str, run_dir: "Optional[str]" = None,
+                 shared: "Optional[bool]" = None) -> None:
+        self.root = _private_directory(root, "volumes")
+        if stat.S_IMODE(os.stat(self.root).st_mode) & 0o077:
+            log.info("%s: taking away other users' access to the volumes", self.root)
+            try:
+                os.chmod(self.root, 0o700)
+            except OSError as exc:
+                log.warning("cannot make %s private: %s", self.root, exc.strerror)
+        Driver.__init__(self, os.path.join(self.root, _STATE_DIR), run_dir, shared)
+
+    def create(self, name: str, options: "Dict[str, str]") -> None:
+        # Checked before anything is recorded: a failed create is undone with
+        # destroy(), which must never meet a directory that is not ours.
+        # Shared, another node may be creating or removing it: a record is
+        # written before the directory is made and deleted after it is gone,
+        # so only a directory without any record is not ours.
+        self.check_name(name)
+        if self._lookup(name) is None and os.path.lexists(self._path(name)) and not (
+                self.shared and os.path.lexists(self._record_path(name))):
+            raise PluginError("cannot create volume %r: %s already exists and is not a volume; "
+                              "move it away first" % (name, self._path(name)))
+        Driver.create(self, name, options)
+
+    def provision(self, name: str, options: "Dict[str, Any]") -> None:
+        path = self._path(name)
+        try:
+            os.mkdir(path, 0o700)
+        except OSError as exc:
+            raise _storage_error(exc, self.root)
+        uid, gid = options.get("uid"), options.get("gid")
+        if uid is not None or gid is not None:
+            os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+        os.chmod(path, options.get("mode", 0o755))
+
+    def attach(self, name: str, options: "Dict[str, Any]") -> str:
+        path = self._path(name)
+        if not _is_real_directory(path):
+            raise PluginError("the directory of volume %r, %s, is missing; not mounting an "
+                              "empty one in its place" % (name, path))
+        return path
+
+    def destroy(self, name: str, options: "Dict[str, Any]") -> None:
+        path = self._path(name)
+        if _is_real_directory(path):
+            trash = os.path.join(self.root, _TRASH_PREFIX + name)
+            if os.path.lexists(trash):
+                _remove_tree(trash)
+            try:
+                os.rename(path, trash)  # gone from its name at once, whatever rmtree meets
+            except OSError as exc:
+                raise _storage_error(exc, self.root)
+            _remove_tree(trash)
+        elif os.path.lexists(path):
+            log.warning("volume %r: %s is not a directory; leaving it", name, path)
+
+    def mountpoint(self, name: str, options: "Dict[str, Any]") -> str:
+        return self._path(name)
+
+    def status(self, name: str, options: "Dict[str, Any]") -> "Dict[str, Any]":
+        path = self._path(name)
+        return {} if _is_real_directory(path) else {"problem": "directory %s is missing" % path}
+
+    def list(self) -> "List[Dict[str, Any]]":
+        # Mounted or not, a volume's path is the same: spare List, which the
+        # engine sends for every `docker volume ls`, a call per volume.
+        root = self.root + os.sep
+        return [{"Name": name, "Mountpoint": root + name} for name, _ in self._snapshot()]
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def _start(self) -> None:
+        for entry in os.listdir(self.root):
+            if entry.startswith(_TRASH_PREFIX):
+                _remove_tree(os.path.join(self.root, entry))  # a remove cut short
+        Driver._start(self)
+        for name in self._volumes:
+            if not _is_real_directory(self._path(name)):
+                log.warning("volume %r: directory %s is missing", name, self._path(name))
+        for entry in sorted(os.listdir(self.root)):
+            if not entry.startswith(".") and entry not in self._volumes:
+                log.warning("%s has no record: not a volume; left alone",
+                            os.path.join(self.root, entry))
+
+    def _upgrade(self) -> None:
+        """Convert a version 0.1 root: one state file for every volume."""
+        old = os.path.join(self.root, _V1_STATE_FILE)
+        if not os.path.lexists(old):
+            return
+        state = _read_json(old, "state file")
+        if state.get("version") != 1 or not isinstance(state.get("volumes"), dict):
+            raise ValueError("state file %s has version %r; this version reads 1"
+                             % (old, state.get("version")))
+        same_boot = state.get("boot_id") in (None, self._boot_id)
+        for name, entry in sorted(state["volumes"].items()):
+            if not _VOLUME_NAME.match(name) or not isinstance(entry, dict):
+                raise ValueError("state file %s has a damaged entry %r; not starting"
+                                 % (old, name))
+            record = {"version": _RECORD_VERSION, "phase": "ready",
+                      "options": entry.get("options") or {}, "created_at": entry.get("created_at")}
+            self._write_record(name, record)
+            if same_boot and entry.get("mounts"):
+                self._write_mounts(name, {"mounts": entry["mounts"], "mountpoint": self._path(name)})
+        os.rename(old, old + ".converted")
+        _unlink_quietly(os.path.join(self.root, _V1_LOCK_FILE))
+        log.info("converted %d volume(s) from %s (kept as %s.converted)",
+                 len(state["volumes"]), old, old)
+
+###############################################################################
+# HTTP: PluginRequestHandler on http.server ###################################
+###############################################################################
+
+_HEX_DIGITS = re.compile(br"[0-9A-Fa-f]{1,16}\Z")
 #: Headers a request may carry once: two lengths or hosts are a smuggling attempt.
 _SINGLE_HEADERS = frozenset(["content-length", "transfer-encoding", "host"])
-
-
-def _volume_reply(volume: "Any", name: str) -> "Dict[str, Any]":
-    """Check a driver's volume mapping and shape it as Docker decodes it.
-
-    The reply echoes the requested name (Docker uses the returned one). A bad
-    optional field is dropped with an error in the log rather than sent: a
-    reply Docker cannot decode makes it forget the volume (moby volume/drivers/adapter.go).
-    """
-    if not hasattr(volume, "get"):
-        raise TypeError("driver's get(%r) returned %r, not a mapping" % (name, volume))
-    reply = {"Name": name}  # type: Dict[str, Any]
-    mountpoint = volume.get("Mountpoint")
-    if isinstance(mountpoint, str):
-        reply["Mountpoint"] = mountpoint
-    elif mountpoint is not None:
-        log.error("volume %r: dropping Mountpoint %r, not a string", name, mountpoint)
-    created = volume.get("CreatedAt")
-    if created is not None:
-        text = format_rfc3339(created)
-        if text is None:
-            log.error("volume %r: dropping CreatedAt %r, not an RFC 3339 time with a timezone "
-                      "(Docker would treat the volume as missing)", name, created)
-        else:
-            reply["CreatedAt"] = text
-    status = volume.get("Status")
-    if status is not None:
-        try:
-            _encode_json(status)
-            if not isinstance(status, dict):
-                raise TypeError("not an object")
-            reply["Status"] = status
-        except (TypeError, ValueError) as exc:
-            log.error("volume %r: dropping Status %r: %s", name, status, exc)
-    return reply
-
-###############################################################################
-# Transport layer #############################################################
-###############################################################################
+_DATE = [0, ""]  # type: List[Any]  # the Date header's second and text
 
 
 class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
@@ -1026,6 +1779,17 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+###############################################################################
+# Servers: Unix and TCP, with their limits ####################################
+###############################################################################
+
+#: The limits a server takes by name.
+_LIMITS = ("max_connections", "max_body_memory", "small_body", "max_body_bytes", "idle_timeout",
+           "request_timeout", "drain_timeout", "poll_interval")
+#: sockaddr_un.sun_path on Linux, in bytes; the engine refuses longer paths.
+_MAX_SOCKET_PATH_BYTES = 108
+_CERT_REQUIRED = 2  # ssl.CERT_REQUIRED, without importing ssl for every plugin
+
 
 class _PluginServerMixin(object):
     """Threads, limits and a clean stop, shared by the Unix and TCP servers.
@@ -1244,11 +2008,6 @@ class _PluginServerMixin(object):
         self.stop()
 
 
-#: The limits a server takes by name.
-_LIMITS = ("max_connections", "max_body_memory", "small_body", "max_body_bytes", "idle_timeout",
-           "request_timeout", "drain_timeout", "poll_interval")
-
-
 def _socket_path_too_long(path: str) -> "Optional[str]":
     """Say so when ``path`` does not fit sockaddr_un (the engine checks too)."""
     size = len(os.fsencode(path))
@@ -1260,6 +2019,53 @@ def _socket_path_too_long(path: str) -> "Optional[str]":
 
 def _default_socket_path(name: str) -> str:
     return os.path.join(PLUGIN_SOCKET_DIR, name + ".sock")
+
+
+def _lock_beside(path: str) -> int:
+    """Hold ``PATH.lock``, so that two servers starting at once cannot both
+    take ``path`` (each would think the other's new socket stale)."""
+    return _hold_lock(path + ".lock", "%s is served by another process, or one is starting "
+                      "on it; stop it first" % path)
+
+
+def _unlock_beside(path: str, fd: int) -> None:
+    _release_lock(path + ".lock", fd)
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, "%s exists and is not a socket; not touching it" % path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        # Nothing listens: a crash left it. The engine would hang ~15 s on it.
+        log.info("removing stale socket %s", path)
+        os.unlink(path)
+        return
+    except OSError as exc:
+        raise OSError(errno.EADDRINUSE, "cannot tell whether %s is in use (%s); not "
+                      "replacing it" % (path, exc))
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, "%s is served by another process; stop it first" % path)
+
+
+def _group_id(group: "Any") -> int:
+    if isinstance(group, int):
+        return group
+    if str(group).isdigit():
+        return int(group)
+    import grp  # only needed when a group is given
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError("no such group: %r" % group)
 
 
 class UnixPluginServer(_PluginServerMixin, socketserver.UnixStreamServer):
@@ -1328,79 +2134,59 @@ class UnixPluginServer(_PluginServerMixin, socketserver.UnixStreamServer):
             self._lock_fd = -1
 
 
-def _lock_beside(path: str) -> int:
-    """Hold ``PATH.lock``, so that two servers starting at once cannot both
-    take ``path`` (each would think the other's new socket stale)."""
-    return _hold_lock(path + ".lock", "%s is served by another process, or one is starting "
-                      "on it; stop it first" % path)
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def _unlock_beside(path: str, fd: int) -> None:
-    _release_lock(path + ".lock", fd)
+def server_tls_context(cert: str, key: str, ca: "Optional[str]" = None) -> "Any":
+    """An :class:`ssl.SSLContext` for a plugin: TLS 1.2 at least, our
+    certificate, and with ``ca`` client certificates required and verified
+    against it (the engine presents the ``CertFile`` of the spec's TLSConfig)."""
+    import ssl  # only TLS plugins need it
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if hasattr(ssl, "TLSVersion"):
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+    else:  # Python 3.6
+        context.options |= ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1
+    context.load_cert_chain(cert, key)
+    if ca:
+        context.load_verify_locations(ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
-def _hold_lock(lock_path: str, busy: str) -> int:
-    """Create and flock ``lock_path`` (0600, never through a link); OSError
-    saying ``busy`` if another process holds it."""
-    import fcntl  # Unix only
-    while True:
-        fd = os.open(lock_path, os.O_RDWR | _CREATE_FLAGS, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
-                return fd
-        except BlockingIOError:
-            os.close(fd)
-            raise OSError(errno.EBUSY, busy)
-        except FileNotFoundError:
-            pass  # its last holder removed it as we took it: take the new one
-        os.close(fd)
+def _write_spec(directory: str, filename: str, address: str, data: bytes) -> str:
+    if "://" not in address:  # the engine fails such a spec with "Unknown protocol"
+        raise ValueError("plugin address %r has no scheme such as tcp://" % address)
+    _make_directories(directory, 0o755)
+    path = os.path.join(directory, filename)
+    _write_file_atomically(path, data)
+    return path
 
 
-def _release_lock(lock_path: str, fd: int) -> None:
-    """Remove a lock file we hold (nobody else can be using it), then let go."""
-    try:
-        if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
-            os.unlink(lock_path)
-    except OSError:
-        pass
-    os.close(fd)
+def write_spec_file(name: str, address: str, directory: str = PLUGIN_SPEC_DIR) -> str:
+    """Write ``DIRECTORY/NAME.spec`` holding ``address`` (``tcp://host:port``).
+
+    The engine reads the URL from it (moby pkg/plugins/discovery.go); the file is replaced
+    atomically. Returns its path.
+    """
+    return _write_spec(directory, name + ".spec", address, (address + "\n").encode("utf-8"))
 
 
-def _remove_stale_socket(path: str) -> None:
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise OSError(errno.EEXIST, "%s exists and is not a socket; not touching it" % path)
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(2.0)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        # Nothing listens: a crash left it. The engine would hang ~15 s on it.
-        log.info("removing stale socket %s", path)
-        os.unlink(path)
-        return
-    except OSError as exc:
-        raise OSError(errno.EADDRINUSE, "cannot tell whether %s is in use (%s); not "
-                      "replacing it" % (path, exc))
-    finally:
-        probe.close()
-    raise OSError(errno.EADDRINUSE, "%s is served by another process; stop it first" % path)
+def write_json_spec_file(name: str, address: str, directory: str = PLUGIN_SPEC_DIR,
+                         tls_config: "Optional[Dict[str, Any]]" = None) -> str:
+    """Write ``DIRECTORY/NAME.json`` with ``Addr`` and optional ``TLSConfig``.
 
-
-def _group_id(group: "Any") -> int:
-    if isinstance(group, int):
-        return group
-    if str(group).isdigit():
-        return int(group)
-    import grp  # only needed when a group is given
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ValueError("no such group: %r" % group)
+    ``tls_config`` takes the engine's keys (``CAFile``, ``CertFile``,
+    ``KeyFile``, ``InsecureSkipVerify``). Beware: with a ``TLSConfig`` but no
+    ``CAFile`` the engine does not verify the plugin's certificate
+    (moby pkg/plugins/discovery.go). Returns the file's path.
+    """
+    spec = {"Name": name, "Addr": address}  # type: Dict[str, Any]
+    if tls_config is not None:
+        spec["TLSConfig"] = dict(tls_config)
+    return _write_spec(directory, name + ".json", address,
+                       json.dumps(spec, indent=2).encode("utf-8") + b"\n")
 
 
 class TCPPluginServer(_PluginServerMixin, socketserver.TCPServer):
@@ -1483,29 +2269,116 @@ class TCPPluginServer(_PluginServerMixin, socketserver.TCPServer):
                 pass
             self.spec_path = None
 
-
-_CERT_REQUIRED = 2  # ssl.CERT_REQUIRED, without importing ssl for every plugin
-
-
-def _is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
+###############################################################################
+# systemd: socket activation, readiness, the watchdog #########################
+###############################################################################
 
 
-def server_tls_context(cert: str, key: str, ca: "Optional[str]" = None) -> "Any":
-    """An :class:`ssl.SSLContext` for a plugin: TLS 1.2 at least, our
-    certificate, and with ``ca`` client certificates required and verified
-    against it (the engine presents the ``CertFile`` of the spec's TLSConfig)."""
-    import ssl  # only TLS plugins need it
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    if hasattr(ssl, "TLSVersion"):
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-    else:  # Python 3.6
-        context.options |= ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1
-    context.load_cert_chain(cert, key)
-    if ca:
-        context.load_verify_locations(ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
+def _systemd_sockets() -> "List[socket.socket]":
+    """The listening sockets systemd passed us (sd_listen_fds(3)), or [].
+
+    Honoured only when ``LISTEN_PID`` is this process; the variables are
+    removed either way, so a child never takes them for its own.
+    """
+    pid, count = os.environ.pop("LISTEN_PID", ""), os.environ.pop("LISTEN_FDS", "")
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if pid != str(os.getpid()) or not _DIGITS.match(count) or len(count) > 4:
+        return []
+    sockets = []
+    for fd in range(3, 3 + int(count)):  # SD_LISTEN_FDS_START
+        os.set_inheritable(fd, False)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, os.dup(fd))
+        family = probe.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_DOMAIN", 39))
+        probe.close()
+        sockets.append(socket.socket(family, socket.SOCK_STREAM, 0, fd))
+    log.info("socket activation: serving %d socket(s) systemd passed", len(sockets))
+    return sockets
+
+
+class _Systemd(object):
+    """sd_notify(3): readiness, status and the watchdog; silent without systemd."""
+
+    def __init__(self) -> None:
+        address = os.environ.get("NOTIFY_SOCKET", "")
+        # An abstract socket is written with a leading "@".
+        self.address = "\0" + address[1:] if address.startswith("@") else address
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        watchdog_pid = os.environ.get("WATCHDOG_PID")
+        ours = watchdog_pid is None or watchdog_pid == str(os.getpid())
+        self.interval = int(usec) / 2e6 if ours and _DIGITS.match(usec) and len(usec) < 16 else 0
+        self._stop = threading.Event()
+
+    def notify(self, message: str) -> None:
+        if not self.address:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.sendto(message.encode("utf-8", "replace"), self.address)
+        except OSError as exc:
+            log.debug("sd_notify to %r failed: %s", self.address, exc)
+        finally:
+            sock.close()
+
+    def start_watchdog(self, healthy: "Callable[[], bool]") -> None:
+        """Send WATCHDOG=1 every half interval while ``healthy()`` says so."""
+        if not self.address or not self.interval:
+            return
+
+        def feed() -> None:
+            while not self._stop.wait(self.interval):
+                if healthy():
+                    self.notify("WATCHDOG=1")
+                else:
+                    log.error("the server loop is stuck: not feeding systemd's watchdog")
+        thread = threading.Thread(target=feed, name="docker-volume-plugin-watchdog")
+        thread.daemon = True
+        thread.start()
+
+    def stop_watchdog(self) -> None:
+        self._stop.set()
+
+###############################################################################
+# serve(): the servers until a signal #########################################
+###############################################################################
+
+
+def _raise_descriptor_limit() -> None:
+    """Raise the soft limit on open files to the hard one: one per connection."""
+    import resource  # Unix only
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.debug("cannot raise the open-file limit from %d: %s", soft, exc)
+
+
+def _refuse_plain_tcp(tcp_address: "Tuple[str, int]", tls_context: "Any",
+                      insecure_tcp: bool) -> None:
+    """Refuse plain TCP on an address other than loopback, unless ``insecure_tcp``."""
+    if tls_context is None and not insecure_tcp and not _is_loopback(tcp_address[0] or
+                                                                       "127.0.0.1"):
+        raise ValueError("refusing plain TCP on %s: anyone who can reach it could create, "
+                         "mount and remove volumes as root. Serve TLS with client "
+                         "certificates (--tls-cert, --tls-key, --tls-ca), or say "
+                         "--insecure-tcp" % tcp_address[0])
+
+
+def _describe(plugin: Plugin, servers: "List[Any]") -> str:
+    """What is served where: the driver, its root, its volumes, the addresses."""
+    driver = plugin.driver
+    details = [type(driver).__name__] if driver is not None else []
+    where = getattr(driver, "root", None) or getattr(driver, "state_dir", None)
+    if where:
+        details.append("root %s" % where)
+    if driver is not None:
+        try:
+            details.append("%d volume(s)" % len(driver.list()))
+        except Exception:
+            pass
+    return "%s%s on %s" % (", ".join(plugin.implements) or "nothing",
+                           " (%s)" % ", ".join(details) if details else "",
+                           ", ".join(each.address for each in servers))
 
 
 def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optional[str]" = None,
@@ -1584,111 +2457,8 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
             signal.signal(sig, handler)
     log.info("stopped")
 
-
-def _refuse_plain_tcp(tcp_address: "Tuple[str, int]", tls_context: "Any",
-                      insecure_tcp: bool) -> None:
-    """Refuse plain TCP on an address other than loopback, unless ``insecure_tcp``."""
-    if tls_context is None and not insecure_tcp and not _is_loopback(tcp_address[0] or
-                                                                       "127.0.0.1"):
-        raise ValueError("refusing plain TCP on %s: anyone who can reach it could create, "
-                         "mount and remove volumes as root. Serve TLS with client "
-                         "certificates (--tls-cert, --tls-key, --tls-ca), or say "
-                         "--insecure-tcp" % tcp_address[0])
-
-
-def _describe(plugin: Plugin, servers: "List[Any]") -> str:
-    """What is served where: the driver, its root, its volumes, the addresses."""
-    driver = plugin.driver
-    details = [type(driver).__name__] if driver is not None else []
-    where = getattr(driver, "root", None) or getattr(driver, "state_dir", None)
-    if where:
-        details.append("root %s" % where)
-    if driver is not None:
-        try:
-            details.append("%d volume(s)" % len(driver.list()))
-        except Exception:
-            pass
-    return "%s%s on %s" % (", ".join(plugin.implements) or "nothing",
-                           " (%s)" % ", ".join(details) if details else "",
-                           ", ".join(each.address for each in servers))
-
-
-def _systemd_sockets() -> "List[socket.socket]":
-    """The listening sockets systemd passed us (sd_listen_fds(3)), or [].
-
-    Honoured only when ``LISTEN_PID`` is this process; the variables are
-    removed either way, so a child never takes them for its own.
-    """
-    pid, count = os.environ.pop("LISTEN_PID", ""), os.environ.pop("LISTEN_FDS", "")
-    os.environ.pop("LISTEN_FDNAMES", None)
-    if pid != str(os.getpid()) or not _DIGITS.match(count) or len(count) > 4:
-        return []
-    sockets = []
-    for fd in range(3, 3 + int(count)):  # SD_LISTEN_FDS_START
-        os.set_inheritable(fd, False)
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, os.dup(fd))
-        family = probe.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_DOMAIN", 39))
-        probe.close()
-        sockets.append(socket.socket(family, socket.SOCK_STREAM, 0, fd))
-    log.info("socket activation: serving %d socket(s) systemd passed", len(sockets))
-    return sockets
-
-
-class _Systemd(object):
-    """sd_notify(3): readiness, status and the watchdog; silent without systemd."""
-
-    def __init__(self) -> None:
-        address = os.environ.get("NOTIFY_SOCKET", "")
-        # An abstract socket is written with a leading "@".
-        self.address = "\0" + address[1:] if address.startswith("@") else address
-        usec = os.environ.get("WATCHDOG_USEC", "")
-        watchdog_pid = os.environ.get("WATCHDOG_PID")
-        ours = watchdog_pid is None or watchdog_pid == str(os.getpid())
-        self.interval = int(usec) / 2e6 if ours and _DIGITS.match(usec) and len(usec) < 16 else 0
-        self._stop = threading.Event()
-
-    def notify(self, message: str) -> None:
-        if not self.address:
-            return
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            sock.sendto(message.encode("utf-8", "replace"), self.address)
-        except OSError as exc:
-            log.debug("sd_notify to %r failed: %s", self.address, exc)
-        finally:
-            sock.close()
-
-    def start_watchdog(self, healthy: "Callable[[], bool]") -> None:
-        """Send WATCHDOG=1 every half interval while ``healthy()`` says so."""
-        if not self.address or not self.interval:
-            return
-
-        def feed() -> None:
-            while not self._stop.wait(self.interval):
-                if healthy():
-                    self.notify("WATCHDOG=1")
-                else:
-                    log.error("the server loop is stuck: not feeding systemd's watchdog")
-        thread = threading.Thread(target=feed, name="docker-volume-plugin-watchdog")
-        thread.daemon = True
-        thread.start()
-
-    def stop_watchdog(self) -> None:
-        self._stop.set()
-
-
-def _raise_descriptor_limit() -> None:
-    """Raise the soft limit on open files to the hard one: one per connection."""
-    import resource  # Unix only
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError) as exc:
-            log.debug("cannot raise the open-file limit from %d: %s", soft, exc)
-
 ###############################################################################
-# Client and plugin lookup ####################################################
+# Client and lookup: a plugin found and called as the engines do ##############
 ###############################################################################
 
 #: Spec directories in the engine's search order on Unix
@@ -1701,6 +2471,7 @@ _DEFAULT_DEADLINE = 60.0
 #: Podman's deadline for every call, Activate included, in seconds: its
 #: ``volume_plugin_timeout`` default (libpod/plugin/volume_api.go).
 _PODMAN_DEADLINE = 5.0
+
 #: Where Podman reads ``[engine.volume_plugins]``, lowest priority first, when
 #: ``CONTAINERS_CONF`` is not set (containers.conf(5)); each file's
 #: ``containers.conf.d`` drop-ins are read after it.
@@ -1740,6 +2511,73 @@ class _Lookup(object):
         self.source = ""
         self.problems = []  # type: List[str]
         self.notes = []  # type: List[str]
+
+
+def _read_spec(path: str) -> "Tuple[Optional[str], Optional[Dict[str, Any]], Optional[str]]":
+    """Return (address, TLS config, problem) for a .spec or .json file."""
+    try:
+        with open(path, "rb") as spec:
+            text = spec.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return None, None, "cannot read spec file %s: %s" % (path, exc.strerror)
+    tls = {}  # type: Optional[Dict[str, Any]]  # a .spec: the engine skips verification
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+            address = data["Addr"]
+            tls = data.get("TLSConfig")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None, None, "spec file %s is not a JSON object with an Addr" % path
+    else:
+        address = text.strip()
+    if not isinstance(address, str) or "://" not in address:
+        return None, None, ("spec file %s holds %r, an address without a scheme such as tcp://: "
+                            "the engine fails with 'Unknown protocol'" % (path, address))
+    return address, tls, None
+
+
+def _podman_config_files(configs: "Optional[Iterable[str]]" = None) -> "List[str]":
+    """Podman's containers.conf files that exist, lowest priority first."""
+    if configs is None:
+        env = os.environ.get("CONTAINERS_CONF")
+        configs = [env] if env else _PODMAN_CONFIG_FILES
+    files = []
+    for config in configs:
+        if os.path.isfile(config):
+            files.append(config)
+        drop_ins = config + ".d"
+        if os.path.isdir(drop_ins):
+            files += [os.path.join(drop_ins, f) for f in sorted(os.listdir(drop_ins))
+                      if f.endswith(".conf")]
+    return files
+
+
+def _podman_plugin(name: str, configs: "Optional[Iterable[str]]" = None
+                   ) -> "Tuple[Optional[str], Optional[str]]":
+    """Podman's socket for plugin ``name`` and the file that set it, or (None, None).
+
+    Reads only the ``[engine.volume_plugins]`` table of each file (TOML
+    ``name = "path"`` lines); a later file overrides an earlier one.
+    """
+    result = None, None  # type: Tuple[Optional[str], Optional[str]]
+    for config in _podman_config_files(configs):
+        try:
+            with open(config, encoding="utf-8", errors="replace") as conf:
+                lines = conf.read().splitlines()
+        except OSError:
+            continue
+        table = ""
+        for line in lines:
+            line = line.strip()
+            if line.startswith("["):
+                table = line.strip("[] ").replace(" ", "")
+                continue
+            key, sep, value = line.partition("=")
+            if table == "engine.volume_plugins" and sep:
+                key, value = key.strip().strip("\"'"), value.split("#")[0].strip()
+                if key == name and len(value) > 1 and value[0] == value[-1] and value[0] in "\"'":
+                    result = value[1:-1], config
+    return result
 
 
 def find_plugin(name: str, socket_dir: str = PLUGIN_SOCKET_DIR,
@@ -1802,73 +2640,6 @@ def find_plugin(name: str, socket_dir: str = PLUGIN_SOCKET_DIR,
     return lookup
 
 
-def _podman_config_files(configs: "Optional[Iterable[str]]" = None) -> "List[str]":
-    """Podman's containers.conf files that exist, lowest priority first."""
-    if configs is None:
-        env = os.environ.get("CONTAINERS_CONF")
-        configs = [env] if env else _PODMAN_CONFIG_FILES
-    files = []
-    for config in configs:
-        if os.path.isfile(config):
-            files.append(config)
-        drop_ins = config + ".d"
-        if os.path.isdir(drop_ins):
-            files += [os.path.join(drop_ins, f) for f in sorted(os.listdir(drop_ins))
-                      if f.endswith(".conf")]
-    return files
-
-
-def _podman_plugin(name: str, configs: "Optional[Iterable[str]]" = None
-                   ) -> "Tuple[Optional[str], Optional[str]]":
-    """Podman's socket for plugin ``name`` and the file that set it, or (None, None).
-
-    Reads only the ``[engine.volume_plugins]`` table of each file (TOML
-    ``name = "path"`` lines); a later file overrides an earlier one.
-    """
-    result = None, None  # type: Tuple[Optional[str], Optional[str]]
-    for config in _podman_config_files(configs):
-        try:
-            with open(config, encoding="utf-8", errors="replace") as conf:
-                lines = conf.read().splitlines()
-        except OSError:
-            continue
-        table = ""
-        for line in lines:
-            line = line.strip()
-            if line.startswith("["):
-                table = line.strip("[] ").replace(" ", "")
-                continue
-            key, sep, value = line.partition("=")
-            if table == "engine.volume_plugins" and sep:
-                key, value = key.strip().strip("\"'"), value.split("#")[0].strip()
-                if key == name and len(value) > 1 and value[0] == value[-1] and value[0] in "\"'":
-                    result = value[1:-1], config
-    return result
-
-
-def _read_spec(path: str) -> "Tuple[Optional[str], Optional[Dict[str, Any]], Optional[str]]":
-    """Return (address, TLS config, problem) for a .spec or .json file."""
-    try:
-        with open(path, "rb") as spec:
-            text = spec.read().decode("utf-8", "replace")
-    except OSError as exc:
-        return None, None, "cannot read spec file %s: %s" % (path, exc.strerror)
-    tls = {}  # type: Optional[Dict[str, Any]]  # a .spec: the engine skips verification
-    if path.endswith(".json"):
-        try:
-            data = json.loads(text)
-            address = data["Addr"]
-            tls = data.get("TLSConfig")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None, None, "spec file %s is not a JSON object with an Addr" % path
-    else:
-        address = text.strip()
-    if not isinstance(address, str) or "://" not in address:
-        return None, None, ("spec file %s holds %r, an address without a scheme such as tcp://: "
-                            "the engine fails with 'Unknown protocol'" % (path, address))
-    return address, tls, None
-
-
 def _resolve(target: str, socket_dir: str = PLUGIN_SOCKET_DIR,
              spec_dirs: "Iterable[str]" = _PLUGIN_SPEC_DIRS) -> _Lookup:
     """An address as it is, or a plugin name found as the engines find it."""
@@ -1877,6 +2648,38 @@ def _resolve(target: str, socket_dir: str = PLUGIN_SOCKET_DIR,
         lookup.address, lookup.source = target, "the address given"
         return lookup
     return find_plugin(target, socket_dir, spec_dirs)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError("%s is not JSON" % name)
+
+
+#: Go's decoder: NaN and Infinity, which Python's accepts, are errors.
+_GO_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def _parse_reply(raw: bytes) -> "Any":
+    """Decode one JSON value as Go does; None when there is none."""
+    try:
+        return _GO_DECODER.raw_decode(raw.decode("utf-8").lstrip())[0]
+    except ValueError:  # also UnicodeDecodeError
+        return None
+
+
+def _tls_context(tls: "Optional[Dict[str, Any]]") -> "Any":
+    """An SSL context following the engine's rules for a spec's TLSConfig."""
+    import ssl  # only https plugins need it
+    if tls is None:  # an https address given directly: verify as Go would
+        return ssl.create_default_context()
+    context = ssl.create_default_context(cafile=tls.get("CAFile") or None)
+    if not tls.get("CAFile") or tls.get("InsecureSkipVerify"):
+        # The engine skips verification for .spec files and for a TLSConfig
+        # without a CAFile (moby pkg/plugins/discovery.go).
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if tls.get("CertFile"):
+        context.load_cert_chain(tls["CertFile"], tls.get("KeyFile") or None)
+    return context
 
 
 class PluginClient(object):
@@ -2022,40 +2825,8 @@ class PluginClient(object):
     def capabilities(self) -> "Dict[str, Any]":
         return self.call("VolumeDriver.Capabilities", {}).get("Capabilities") or {}
 
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError("%s is not JSON" % name)
-
-
-#: Go's decoder: NaN and Infinity, which Python's accepts, are errors.
-_GO_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
-
-
-def _parse_reply(raw: bytes) -> "Any":
-    """Decode one JSON value as Go does; None when there is none."""
-    try:
-        return _GO_DECODER.raw_decode(raw.decode("utf-8").lstrip())[0]
-    except ValueError:  # also UnicodeDecodeError
-        return None
-
-
-def _tls_context(tls: "Optional[Dict[str, Any]]") -> "Any":
-    """An SSL context following the engine's rules for a spec's TLSConfig."""
-    import ssl  # only https plugins need it
-    if tls is None:  # an https address given directly: verify as Go would
-        return ssl.create_default_context()
-    context = ssl.create_default_context(cafile=tls.get("CAFile") or None)
-    if not tls.get("CAFile") or tls.get("InsecureSkipVerify"):
-        # The engine skips verification for .spec files and for a TLSConfig
-        # without a CAFile (moby pkg/plugins/discovery.go).
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if tls.get("CertFile"):
-        context.load_cert_chain(tls["CertFile"], tls.get("KeyFile") or None)
-    return context
-
 ###############################################################################
-# Conformance checker #########################################################
+# Checker: check_plugin, the engines' call sequences and rules ################
 ###############################################################################
 
 #: Seconds the concurrency probe waits for a Get while another request is in
@@ -2070,43 +2841,19 @@ _LOCK_PROBE_MIN_SECONDS = 0.05
 _UNSAFE_NAMES = ("../%s-up", "%s-a/b", "%s sp")
 _NAIVE_TIME = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?\Z")
 
-
-def check_plugin(target: str, options: "Optional[Dict[str, str]]" = None,
-                 socket_dir: str = PLUGIN_SOCKET_DIR, spec_dirs: "Iterable[str]" = _PLUGIN_SPEC_DIRS,
-                 deadline_share: float = _DEADLINE_SHARE,
-                 bad_options: "Optional[Dict[str, str]]" = None,
-                 deadline: "Optional[float]" = None,
-                 tls: "Optional[Dict[str, Any]]" = None) -> "List[Dict[str, Any]]":
-    """Drive a running plugin through Docker's and Podman's call sequences and judge it.
-
-    ``target`` is a plugin name (found as Docker, then Podman, would find
-    it) or an address. Works on scratch volumes named
-    ``dvp-check-<random>-...``, created with ``options``, and removes them
-    even when a rule fails; no other volume is touched. ``bad_options`` are
-    options the driver must refuse (that rule is skipped without them).
-    Calls are judged against ``deadline`` seconds, by default the tighter of
-    Docker's deadline for the call and Podman's 5 s. Returns one
-    ``{"rule", "status", "passed", "detail"}`` per rule, ``status`` being
-    ``pass``, ``fail``, ``warn`` or ``skip`` (only ``fail`` is not passed); a
-    failure's detail says what was seen and what the engines will do because
-    of it. ``tls`` takes a spec's TLSConfig keys for an https address; by
-    name, the spec's own are used, with the engine's rules.
-    """
-    lookup = _resolve(target, socket_dir, spec_dirs)
-    if lookup.address is None:
-        return [_result("reachable", "fail", "; ".join(lookup.problems + lookup.notes))]
-    problem = _connect_problem(lookup.address)
-    if problem is not None:
-        return [_result("reachable", "fail", "; ".join([problem] + lookup.notes))]
-    detail = "%s, from %s" % (lookup.address, lookup.source)
-    results = [_result("reachable", "pass", "; ".join([detail] + lookup.notes))]
-    checker = _Checker(lookup.address, tls if tls is not None else lookup.tls,
-                       dict(options or {}), dict(bad_options or {}), deadline_share, deadline)
-    return results + checker.run()
+#: A managed plugin's socket on the host: Docker makes the directory
+#: /run/docker/plugins/ID (moby plugin/v2/plugin_linux.go) and binds it at
+#: /run/docker/plugins inside the plugin.
+_MANAGED_SOCKET = re.compile(re.escape(PLUGIN_SOCKET_DIR) + r"/[0-9a-f]{64}/")
 
 
 def _result(rule: str, status: str, detail: str) -> "Dict[str, Any]":
     return {"rule": rule, "status": status, "passed": status != "fail", "detail": detail}
+
+
+def _random_id() -> str:
+    """A mount ID of the engine's form: 64 lower-case hex characters."""
+    return os.urandom(32).hex()
 
 
 def _split_address(address: str) -> "Tuple[int, Any]":
@@ -2188,33 +2935,6 @@ class _Checker(object):
         self.calls = []  # type: List[Tuple[str, str, int, bytes, float, bool]]
         self.results = []  # type: List[Dict[str, Any]]
 
-    def new_client(self, engine: str = "docker") -> PluginClient:
-        return PluginClient(self.address, timeout=self.deadline, engine=engine, tls=self.tls)
-
-    def rule(self, rule: str, passed: "Any", detail: str) -> bool:
-        """Record a rule; ``passed`` is True, False, or a status string."""
-        status = passed if isinstance(passed, str) else ("pass" if passed else "fail")
-        self.results.append(_result(rule, status, detail))
-        return status != "fail"
-
-    def call(self, method: str, payload: "Optional[Dict[str, Any]]", client: "Any" = None,
-             expect_error: bool = False) -> "Tuple[Dict[str, Any], Optional[str]]":
-        """Return the reply object ({} if unusable) and the error the engine would see.
-
-        An error is a non-200 or an ``Err``: Docker fails on either (a 200 +
-        ``Err`` is judged apart, by the ``errors`` rule, for Podman's sake).
-        """
-        client = client or self.client
-        started = _monotonic()
-        status, raw = client.exchange(method, payload)
-        self.calls.append((method, client.engine, status, raw, _monotonic() - started,
-                           expect_error))
-        reply = _parse_reply(raw)
-        if status != 200 or not isinstance(reply, dict):
-            err = reply.get("Err") if isinstance(reply, dict) else None
-            return {}, ("HTTP %d %s" % (status, err if err else repr(raw[:200])))
-        return reply, (str(reply["Err"]) if reply.get("Err") else None)
-
     def run(self) -> "List[Dict[str, Any]]":
         try:
             self.activate()
@@ -2238,7 +2958,7 @@ class _Checker(object):
             self.cleanup()
         return self.results
 
-    # -- the rules, in the order the engine makes its calls (moby volume/service) --
+    # -- the rules, in the order run() calls them -----------------------------
 
     def activate(self) -> None:
         for engine in _ENGINES:
@@ -2251,6 +2971,37 @@ class _Checker(object):
                 self.rule("activate", False, "%s's request got %s: the engine refuses the plugin "
                           "('does not implement the requested driver')"
                           % (engine, err or "Implements %r" % (implements,)))
+
+    def concurrency(self) -> bool:
+        """A request held half-sent must not stop a Get on another connection."""
+        if self.address.startswith("https://"):
+            self.rule("concurrency", "skip", "not probed over https")
+            return True
+        family, where = _split_address(self.address)
+        body = _encode_json({"Name": self.a}) + b"\n"
+        held = socket.socket(family, socket.SOCK_STREAM)
+        held.settimeout(30.0)
+        try:
+            held.connect(where)
+            held.sendall(b"POST /VolumeDriver.Get HTTP/1.1\r\nHost: \r\nUser-Agent: "
+                         b"Go-http-client/1.1\r\nContent-Length: %d\r\nAccept: %s\r\n\r\n"
+                         % (len(body), _PLUGIN_MEDIA_TYPE.encode()) + body[:5])
+            started = _monotonic()
+            probe_seconds = min(_PROBE_SECONDS, self.deadline or _PROBE_SECONDS)
+            with PluginClient(self.address, timeout=probe_seconds) as other:
+                other.exchange("VolumeDriver.Get", {"Name": self.a})
+            self.rule("concurrency", True, "a Get answered in %.2fs while another connection's "
+                      "request was in progress" % (_monotonic() - started))
+            return True
+        except PluginCallError:
+            return self.rule("concurrency", False, "a Get got no answer in %gs while another "
+                             "connection's request was in progress: the server handles one "
+                             "connection at a time. The engines keep idle connections open and "
+                             "call concurrently, so they will hang" % probe_seconds)
+        except OSError as exc:
+            return self.rule("concurrency", False, "the held request failed: %s" % _error_text(exc))
+        finally:
+            held.close()  # with the body half-sent: the plugin never acts on it
 
     def capabilities(self) -> None:
         reply, err = self.call("VolumeDriver.Capabilities", {})
@@ -2307,16 +3058,6 @@ class _Checker(object):
                       if problem is None else "%s: `docker volume ls` will not show %s"
                       % (problem, ", ".join(self.created)))
         return self.a in self.created
-
-    def listing_problem(self, names: "List[str]", wanted: bool, client: "Any" = None
-                        ) -> "Optional[str]":
-        """What is wrong with a List that should (or should no longer) have ``names``."""
-        reply, err = self.call("VolumeDriver.List", {}, client)
-        listed = [v.get("Name") for v in reply.get("Volumes") or [] if isinstance(v, dict)]
-        wrong = [name for name in names if (name in listed) != wanted]
-        if err is not None or not wrong:
-            return err
-        return "List %s %s" % ("lacks" if wanted else "still has", ", ".join(wrong))
 
     def unsafe_names(self) -> None:
         """Names Docker's own driver refuses: a plugin that builds paths must too."""
@@ -2440,63 +3181,6 @@ class _Checker(object):
         self.rule("unmount", unmount_error is None, "each Mount undone" if unmount_error is None
                   else "%s: the engine logs it, keeps the mount ID and reuses it next time"
                   % unmount_error)
-
-    def mountpoints(self, name: str) -> "Tuple[Any, Any]":
-        """What Get and Path say of ``name``'s mountpoint."""
-        volume = self.call("VolumeDriver.Get", {"Name": name})[0].get("Volume")
-        path = self.call("VolumeDriver.Path", {"Name": name})[0].get("Mountpoint")
-        return (volume.get("Mountpoint") if isinstance(volume, dict) else None), path
-
-    def released(self, name: str, path: str, while_mounted: "Tuple[Any, Any]") -> "Optional[str]":
-        """How the still-mounted volume ``name`` shows it was released, or None."""
-        if self.local and not os.path.isdir(path):
-            return "its mountpoint %s is gone" % path
-        now = self.mountpoints(name)
-        for method, before, after in zip(("Get", "Path"), while_mounted, now):
-            if before != after:
-                return "%s gives mountpoint %r, %r while mounted" % (method, after, before)
-        reply, err = self.call("VolumeDriver.Remove", {"Name": name}, expect_error=True)
-        if err is None:
-            self.created.remove(name)
-            self.mounted = [m for m in self.mounted if m[0] != name]
-            return "Remove succeeded while mounted"
-        return None
-
-    def unmount_all(self) -> None:
-        for volume, mount_id in list(self.mounted):
-            if self.call("VolumeDriver.Unmount", {"Name": volume, "ID": mount_id})[1] is None:
-                self.mounted.remove((volume, mount_id))
-
-    def concurrency(self) -> bool:
-        """A request held half-sent must not stop a Get on another connection."""
-        if self.address.startswith("https://"):
-            self.rule("concurrency", "skip", "not probed over https")
-            return True
-        family, where = _split_address(self.address)
-        body = _encode_json({"Name": self.a}) + b"\n"
-        held = socket.socket(family, socket.SOCK_STREAM)
-        held.settimeout(30.0)
-        try:
-            held.connect(where)
-            held.sendall(b"POST /VolumeDriver.Get HTTP/1.1\r\nHost: \r\nUser-Agent: "
-                         b"Go-http-client/1.1\r\nContent-Length: %d\r\nAccept: %s\r\n\r\n"
-                         % (len(body), _PLUGIN_MEDIA_TYPE.encode()) + body[:5])
-            started = _monotonic()
-            probe_seconds = min(_PROBE_SECONDS, self.deadline or _PROBE_SECONDS)
-            with PluginClient(self.address, timeout=probe_seconds) as other:
-                other.exchange("VolumeDriver.Get", {"Name": self.a})
-            self.rule("concurrency", True, "a Get answered in %.2fs while another connection's "
-                      "request was in progress" % (_monotonic() - started))
-            return True
-        except PluginCallError:
-            return self.rule("concurrency", False, "a Get got no answer in %gs while another "
-                             "connection's request was in progress: the server handles one "
-                             "connection at a time. The engines keep idle connections open and "
-                             "call concurrently, so they will hang" % probe_seconds)
-        except OSError as exc:
-            return self.rule("concurrency", False, "the held request failed: %s" % _error_text(exc))
-        finally:
-            held.close()  # with the body half-sent: the plugin never acts on it
 
     def lock(self) -> None:
         """A slow Mount of one volume must not hold up a Get of another."""
@@ -2661,10 +3345,104 @@ class _Checker(object):
         if left:
             self.rule("cleanup", False, "scratch volume left behind: %s" % "; ".join(left))
 
+    # -- helpers --------------------------------------------------------------
 
-def _random_id() -> str:
-    """A mount ID of the engine's form: 64 lower-case hex characters."""
-    return os.urandom(32).hex()
+    def new_client(self, engine: str = "docker") -> PluginClient:
+        return PluginClient(self.address, timeout=self.deadline, engine=engine, tls=self.tls)
+
+    def rule(self, rule: str, passed: "Any", detail: str) -> bool:
+        """Record a rule; ``passed`` is True, False, or a status string."""
+        status = passed if isinstance(passed, str) else ("pass" if passed else "fail")
+        self.results.append(_result(rule, status, detail))
+        return status != "fail"
+
+    def call(self, method: str, payload: "Optional[Dict[str, Any]]", client: "Any" = None,
+             expect_error: bool = False) -> "Tuple[Dict[str, Any], Optional[str]]":
+        """Return the reply object ({} if unusable) and the error the engine would see.
+
+        An error is a non-200 or an ``Err``: Docker fails on either (a 200 +
+        ``Err`` is judged apart, by the ``errors`` rule, for Podman's sake).
+        """
+        client = client or self.client
+        started = _monotonic()
+        status, raw = client.exchange(method, payload)
+        self.calls.append((method, client.engine, status, raw, _monotonic() - started,
+                           expect_error))
+        reply = _parse_reply(raw)
+        if status != 200 or not isinstance(reply, dict):
+            err = reply.get("Err") if isinstance(reply, dict) else None
+            return {}, ("HTTP %d %s" % (status, err if err else repr(raw[:200])))
+        return reply, (str(reply["Err"]) if reply.get("Err") else None)
+
+    def listing_problem(self, names: "List[str]", wanted: bool, client: "Any" = None
+                        ) -> "Optional[str]":
+        """What is wrong with a List that should (or should no longer) have ``names``."""
+        reply, err = self.call("VolumeDriver.List", {}, client)
+        listed = [v.get("Name") for v in reply.get("Volumes") or [] if isinstance(v, dict)]
+        wrong = [name for name in names if (name in listed) != wanted]
+        if err is not None or not wrong:
+            return err
+        return "List %s %s" % ("lacks" if wanted else "still has", ", ".join(wrong))
+
+    def mountpoints(self, name: str) -> "Tuple[Any, Any]":
+        """What Get and Path say of ``name``'s mountpoint."""
+        volume = self.call("VolumeDriver.Get", {"Name": name})[0].get("Volume")
+        path = self.call("VolumeDriver.Path", {"Name": name})[0].get("Mountpoint")
+        return (volume.get("Mountpoint") if isinstance(volume, dict) else None), path
+
+    def released(self, name: str, path: str, while_mounted: "Tuple[Any, Any]") -> "Optional[str]":
+        """How the still-mounted volume ``name`` shows it was released, or None."""
+        if self.local and not os.path.isdir(path):
+            return "its mountpoint %s is gone" % path
+        now = self.mountpoints(name)
+        for method, before, after in zip(("Get", "Path"), while_mounted, now):
+            if before != after:
+                return "%s gives mountpoint %r, %r while mounted" % (method, after, before)
+        reply, err = self.call("VolumeDriver.Remove", {"Name": name}, expect_error=True)
+        if err is None:
+            self.created.remove(name)
+            self.mounted = [m for m in self.mounted if m[0] != name]
+            return "Remove succeeded while mounted"
+        return None
+
+    def unmount_all(self) -> None:
+        for volume, mount_id in list(self.mounted):
+            if self.call("VolumeDriver.Unmount", {"Name": volume, "ID": mount_id})[1] is None:
+                self.mounted.remove((volume, mount_id))
+
+
+def check_plugin(target: str, options: "Optional[Dict[str, str]]" = None,
+                 socket_dir: str = PLUGIN_SOCKET_DIR, spec_dirs: "Iterable[str]" = _PLUGIN_SPEC_DIRS,
+                 deadline_share: float = _DEADLINE_SHARE,
+                 bad_options: "Optional[Dict[str, str]]" = None,
+                 deadline: "Optional[float]" = None,
+                 tls: "Optional[Dict[str, Any]]" = None) -> "List[Dict[str, Any]]":
+    """Drive a running plugin through Docker's and Podman's call sequences and judge it.
+
+    ``target`` is a plugin name (found as Docker, then Podman, would find
+    it) or an address. Works on scratch volumes named
+    ``dvp-check-<random>-...``, created with ``options``, and removes them
+    even when a rule fails; no other volume is touched. ``bad_options`` are
+    options the driver must refuse (that rule is skipped without them).
+    Calls are judged against ``deadline`` seconds, by default the tighter of
+    Docker's deadline for the call and Podman's 5 s. Returns one
+    ``{"rule", "status", "passed", "detail"}`` per rule, ``status`` being
+    ``pass``, ``fail``, ``warn`` or ``skip`` (only ``fail`` is not passed); a
+    failure's detail says what was seen and what the engines will do because
+    of it. ``tls`` takes a spec's TLSConfig keys for an https address; by
+    name, the spec's own are used, with the engine's rules.
+    """
+    lookup = _resolve(target, socket_dir, spec_dirs)
+    if lookup.address is None:
+        return [_result("reachable", "fail", "; ".join(lookup.problems + lookup.notes))]
+    problem = _connect_problem(lookup.address)
+    if problem is not None:
+        return [_result("reachable", "fail", "; ".join([problem] + lookup.notes))]
+    detail = "%s, from %s" % (lookup.address, lookup.source)
+    results = [_result("reachable", "pass", "; ".join([detail] + lookup.notes))]
+    checker = _Checker(lookup.address, tls if tls is not None else lookup.tls,
+                       dict(options or {}), dict(bad_options or {}), deadline_share, deadline)
+    return results + checker.run()
 
 
 def _print_check(results: "List[Dict[str, Any]]", as_json: bool) -> int:
@@ -2680,784 +3458,8 @@ def _print_check(results: "List[Dict[str, Any]]", as_json: bool) -> int:
                          % counts)
     return 1 if failed else 0
 
-
 ###############################################################################
-# Drivers with the bookkeeping done: Driver, and DirectoryDriver on it #######
-###############################################################################
-
-#: The names Docker's own ``local`` driver accepts (moby volume/local/local.go);
-#: they cover the 64-hex anonymous names. The engines pass plugin volume names
-#: unchecked (moby volume/mounts/linux_parser.go), so a driver must check them.
-_VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
-#: Longest volume name, in characters: a file name must fit NAME_MAX.
-_MAX_VOLUME_NAME = 200
-#: Digits accepted in a number option: 4294967294 has ten.
-_MAX_ID_DIGITS = 10
-#: Octal permissions, the sticky bit at most: setuid and setgid are refused.
-_MODE = re.compile(r"0?1?[0-7]{1,3}\Z")
-_BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
-_RECORD_VERSION = 2
-#: Where boot-scoped state (mount counts, the lock) lives when run as root.
-_RUN_DIR = "/run/docker-volume-plugin"
-_SIZE = re.compile(r"([0-9]{1,15})([kKmMgGtT]?)[bB]?\Z")
-
-
-def uint_option(value: str) -> int:
-    """An option parser: a whole number from 0 to 4294967294 (a uid, a gid)."""
-    if not _DIGITS.match(value) or len(value) > _MAX_ID_DIGITS or int(value) > 0xFFFFFFFE:
-        raise ValueError("must be a number from 0 to 4294967294")
-    return int(value)
-
-
-def mode_option(value: str) -> int:
-    """An option parser: octal permissions from 0 to 1777 (setuid and setgid refused)."""
-    if not _MODE.match(value):
-        raise ValueError("must be octal permissions from 0 to 1777, such as 0755 (setuid and "
-                         "setgid are refused)")
-    return int(value, 8)
-
-
-def size_option(value: str) -> int:
-    """An option parser: a size in bytes, with an optional K, M, G or T (powers of 1024)."""
-    match = _SIZE.match(value)
-    if match is None:
-        raise ValueError("must be a size such as 512M or 10G")
-    return int(match.group(1)) << (10 * " KMGT".index(match.group(2).upper() or " "))
-
-
-class Driver(object):
-    """A volume driver with the bookkeeping done: write only the storage part.
-
-    Subclass it and override the hooks that your storage needs; each is
-    called with that volume's lock held, never concurrently for one volume,
-    while calls for other volumes run in parallel:
-
-    ``provision(name, options)``
-        Make the storage of a new volume. ``options`` holds the parsed values.
-        After a crash cut a create short, the storage is destroyed, so the
-        create starts over: a volume exists with all its options or not at all.
-    ``attach(name, options) -> str``
-        Make the volume available on its first mount and return the absolute
-        path that containers get. Default: :meth:`mountpoint`.
-    ``detach(name, options, mountpoint)``
-        After its last unmount. Default: nothing.
-    ``destroy(name, options)``
-        Delete the storage; never called while the volume is mounted. Must
-        succeed for storage that is half made or already gone.
-    ``mountpoint(name, options) -> Optional[str]``
-        The path shown while the volume is not mounted. Default: None.
-    ``status(name, options) -> dict``
-        Extra fields for the volume's ``Status``. Default: none.
-
-    Class attributes that may be overridden: ``options`` maps each accepted
-    option to a parser, which takes the string and returns the value or raises
-    ValueError saying what is expected (:func:`uint_option`,
-    :func:`mode_option`, :func:`size_option`, or ``str``); an option not listed
-    is refused. ``secret_words``: an option whose name contains one is a secret,
-    never shown or logged. ``scope``: ``"local"``, or ``"global"`` for storage
-    every node sees. ``name_pattern`` and ``max_name_length``: the names accepted.
-
-    What it does for you: each volume is a record in ``state_dir``, one JSON
-    file readable by root alone, replaced atomically and fsynced, so a create
-    or remove that was answered survives ``kill -9`` and power loss. Mounts
-    are counted per mount ID, ``docker cp`` reusing one, and kept in
-    ``run_dir`` (boot-scoped, under ``/run`` by default): replaced atomically,
-    so they survive ``kill -9``, but not fsynced, since no container survives a
-    reboot. A volume with mounts left cannot be removed. A lock file keeps a
-    second process off the same state. Mount and unmount write only to
-    ``run_dir``, so they work when ``state_dir``'s file system is full or
-    read-only; create and remove then fail saying so.
-
-    ``shared`` (default: ``scope == "global"``) is for a ``state_dir`` that
-    several nodes see, on a shared file system: every call reads the records
-    from disk instead of memory, each node counts its mounts in
-    ``state_dir/nodes/HOSTNAME/`` (its ``run_dir``), create, remove, mount
-    and unmount take a lock on ``state_dir`` that all nodes share (so one node's
-    change waits for another's), and a volume mounted on any node cannot be
-    removed. Node host names must differ.
-    """
-
-    options = {}  # type: Dict[str, Callable[[str], Any]]
-    secret_words = ("password", "secret", "token", "key")
-    scope = "local"
-    name_pattern = _VOLUME_NAME
-    max_name_length = _MAX_VOLUME_NAME
-
-    def __init__(self, state_dir: str, run_dir: "Optional[str]" = None,
-                 shared: "Optional[bool]" = None) -> None:
-        self.shared = self.scope == "global" if shared is None else shared
-        self.state_dir = _private_directory(state_dir, "volume state")
-        if run_dir is None:
-            run_dir = (_node_run_dir(self.state_dir, socket.gethostname()) if self.shared
-                       else _default_run_dir(self.state_dir))
-        self.run_dir = _private_directory(run_dir, "mount counts")
-        # Readable by root alone: anyone who could open it could flock it
-        # and keep the plugin from starting.
-        self._lock_fd = _hold_lock(os.path.join(self.run_dir, "lock"), "another process "
-                                   "serves the volumes of %s" % self.state_dir)
-        self._boot_id = _boot_id()
-        self._locks_lock = threading.Lock()
-        # name -> [lock, users]: kept only while a call holds or waits for it,
-        # so names that do not exist leave nothing behind.
-        self._volume_locks = {}  # type: Dict[str, List[Any]]
-        # name -> record; name -> {"mounts": {id: n}, "mountpoint"}. Their
-        # values are replaced, never changed in place, and the tables change
-        # under _tables_lock, so Get reads one without a lock and List copies
-        # one under it: no call waits for another volume's slow work.
-        self._tables_lock = threading.Lock()
-        self._volumes = {}  # type: Dict[str, Dict[str, Any]]
-        self._parsed_options = {}  # type: Dict[str, Tuple[Dict[str, Any], Dict[str, Any]]]
-        self._mounts = {}  # type: Dict[str, Dict[str, Any]]
-        # Shared: one lock for all nodes, and one holder at a time in this
-        # process (a flock belongs to the open file, not to a thread).
-        self._shared_mutex = threading.Lock()
-        self._shared_fd = -1
-        try:
-            if self.shared:
-                self._shared_fd = os.open(os.path.join(self.state_dir, _SHARED_LOCK),
-                                          os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                          0o600)
-            with self._shared_lock():
-                self._start()
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        """Release the lock on the state; tidy ``run_dir`` if no mount is left."""
-        if self._shared_fd >= 0:
-            os.close(self._shared_fd)
-            self._shared_fd = -1
-        if self._lock_fd >= 0:
-            try:
-                only_lock = os.listdir(self.run_dir) == ["lock"]
-            except OSError:  # removed under us: nothing to tidy
-                only_lock = False
-            if only_lock:
-                _release_lock(os.path.join(self.run_dir, "lock"), self._lock_fd)
-                try:
-                    os.rmdir(self.run_dir)
-                except OSError:
-                    pass  # a successor's files arrived meanwhile
-            else:
-                os.close(self._lock_fd)
-            self._lock_fd = -1
-
-    # -- the hooks ------------------------------------------------------------
-
-    def provision(self, name: str, options: "Dict[str, Any]") -> None:
-        pass
-
-    def attach(self, name: str, options: "Dict[str, Any]") -> str:
-        path = self.mountpoint(name, options)
-        if path is None:
-            raise NotImplementedError("%s must define attach() or mountpoint()"
-                                      % type(self).__name__)
-        return path
-
-    def detach(self, name: str, options: "Dict[str, Any]", mountpoint: str) -> None:
-        pass
-
-    def destroy(self, name: str, options: "Dict[str, Any]") -> None:
-        pass
-
-    def mountpoint(self, name: str, options: "Dict[str, Any]") -> "Optional[str]":
-        return None
-
-    def status(self, name: str, options: "Dict[str, Any]") -> "Dict[str, Any]":
-        return {}
-
-    # -- the volume driver contract (see Plugin) --------------------------------
-
-    def create(self, name: str, options: "Dict[str, str]") -> None:
-        self.check_name(name)
-        parsed = self.parse_options(options)
-        with self._volume_lock(name):
-            existing = self._lookup(name)
-            if existing is not None:
-                if existing["options"] == options:
-                    return  # a retried create: already done
-                raise PluginError("volume %r already exists with options %s"
-                                  % (name, self.format_options(existing["options"])))
-            record = {"version": _RECORD_VERSION, "phase": "creating", "options": dict(options),
-                      "created_at": format_rfc3339(datetime.datetime.now(_UTC))}
-            self._write_record(name, record)  # a crash from here on is undone at start
-            try:
-                self.provision(name, parsed)
-                record = dict(record, phase="ready")
-                self._write_record(name, record)
-            except BaseException:
-                self._undo_create(name, parsed)
-                raise
-            self._set(self._volumes, name, record)
-
-    def remove(self, name: str) -> None:
-        with self._volume_lock(name):
-            record = self._record(name)
-            mounts = self._mounts.get(name, {}).get("mounts")
-            if mounts:
-                # Never the mount IDs: whoever can call Unmount could release them.
-                raise PluginError("volume %r is in use: mounted %d time(s)"
-                                  % (name, sum(mounts.values())))
-            nodes = self._nodes_mounting(name)
-            if nodes:
-                raise PluginError("volume %r is in use: mounted on node %s"
-                                  % (name, ", ".join(nodes)))
-            self._write_record(name, dict(record, phase="removing"))
-            try:
-                self.destroy(name, self._parsed(name, record))
-            except BaseException:
-                self._write_record(name, record)
-                raise
-            self._delete_record(name)
-
-    def mount(self, name: str, mount_id: str) -> str:
-        with self._volume_lock(name):
-            record = self._record(name)
-            state = self._mounts.get(name) or {"mounts": {}, "mountpoint": None}
-            mounts = dict(state["mounts"])
-            path = state["mountpoint"]
-            first = not mounts
-            if first:
-                path = self.attach(name, self._parsed(name, record))
-            mounts[mount_id] = mounts.get(mount_id, 0) + 1  # docker cp reuses an ID
-            try:
-                self._write_mounts(name, {"mounts": mounts, "mountpoint": path})
-            except BaseException:
-                if first:
-                    self.detach(name, self._parsed(name, record), path)
-                raise
-            return path
-
-    def unmount(self, name: str, mount_id: str) -> None:
-        with self._volume_lock(name):
-            record = self._record(name)
-            state = self._mounts.get(name) or {"mounts": {}, "mountpoint": None}
-            mounts = dict(state["mounts"])
-            count = mounts.pop(mount_id, 0)
-            if count == 0:
-                # Docker 20.10 can unmount more than it mounted (moby
-                # volume/mounts/mounts.go); an unknown ID releases nothing.
-                log.warning("volume %r: unmount of unknown mount ID %r ignored", name, mount_id)
-                return
-            if count > 1:
-                mounts[mount_id] = count - 1
-            self._write_mounts(name, {"mounts": mounts, "mountpoint": state["mountpoint"]})
-            if not mounts:  # recorded first: a crash never leaves a phantom mount
-                try:
-                    self.detach(name, self._parsed(name, record), state["mountpoint"])
-                except BaseException:
-                    self._write_mounts(name, state)
-                    raise
-
-    def get(self, name: str) -> "Optional[Dict[str, Any]]":
-        record = self._lookup(name)
-        if record is None:
-            return None
-        options = self._parsed(name, record)
-        state = self._mounts.get(name) or {"mounts": {}, "mountpoint": None}
-        status = {"options": self.redact(record["options"]),
-                  "mounts": sum(state["mounts"].values())}  # type: Dict[str, Any]
-        path = state["mountpoint"]
-        try:
-            status.update(self.status(name, options))
-            path = path or self.mountpoint(name, options)
-        except Exception as exc:
-            # Never an error from Get for a volume that exists: the engine
-            # would forget its labels and options (moby volume/service/store.go).
-            log.exception("volume %r: describing it failed", name)
-            status["problem"] = _error_text(exc)
-        volume = {"Name": name, "CreatedAt": record["created_at"], "Status": status}
-        if path:
-            volume["Mountpoint"] = path
-        return volume
-
-    def list(self) -> "List[Dict[str, Any]]":
-        return [{"Name": name, "Mountpoint": self._listed_mountpoint(name, record)}
-                for name, record in self._snapshot()]
-
-    def path(self, name: str) -> str:
-        volume = self.get(name)
-        if volume is None:
-            raise VolumeNotFound("no such volume: %r" % name)
-        return volume.get("Mountpoint") or ""
-
-    def capabilities(self) -> "Dict[str, Any]":
-        return {"Scope": self.scope}
-
-    # -- helpers a subclass may use ---------------------------------------------
-
-    def check_name(self, name: str) -> None:
-        """Refuse a name that is not ``name_pattern`` or too long."""
-        if not self.name_pattern.match(name) or len(name) > self.max_name_length or \
-                "/" in name or name.startswith("."):
-            raise PluginError(
-                "invalid volume name %r: use 1-%d letters, digits, '_', '.' or '-', starting "
-                "with a letter or digit" % (name[:self.max_name_length + 20], self.max_name_length))
-
-    def parse_options(self, options: "Dict[str, str]") -> "Dict[str, Any]":
-        """The options' values, parsed; a clear PluginError for a bad one."""
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            raise PluginError("unknown option(s) %s; known options: %s"
-                              % (", ".join(map(repr, unknown)), ", ".join(sorted(self.options))
-                                 or "none"))
-        parsed = {}
-        for key, value in options.items():
-            try:
-                parsed[key] = self.options[key](value)
-            except ValueError as exc:
-                shown = "****" if self.is_secret(key) else value[:20]
-                raise PluginError("option %s=%s %s" % (key, shown, exc))
-        return parsed
-
-    def is_secret(self, option: str) -> bool:
-        return any(word in option.lower() for word in self.secret_words)
-
-    def redact(self, options: "Dict[str, str]") -> "Dict[str, str]":
-        """``options`` with every secret's value hidden."""
-        return dict((k, "****" if self.is_secret(k) else v) for k, v in options.items())
-
-    def format_options(self, options: "Dict[str, str]") -> str:
-        return _format_options(self.redact(options))
-
-    def volumes(self) -> "Dict[str, Dict[str, Any]]":
-        """Every volume: name -> {"options", "created_at", "mounts": {id: count}}."""
-        return dict((name, {"options": record["options"], "created_at": record["created_at"],
-                            "mounts": dict((self._mounts.get(name) or {}).get("mounts", {}))})
-                    for name, record in self._snapshot())
-
-    # -- internals ----------------------------------------------------------------
-
-    def _set(self, table: "Dict[str, Any]", name: str, value: "Any") -> None:
-        """Set (or, for None, remove) one entry of a table."""
-        with self._tables_lock:
-            if value is None:
-                table.pop(name, None)
-            else:
-                table[name] = value
-
-    def _snapshot(self) -> "List[Tuple[str, Dict[str, Any]]]":
-        if self.shared:
-            names = sorted(e[:-len(".json")] for e in os.listdir(self.state_dir)
-                           if e.endswith(".json"))
-            return [(name, record) for name, record in
-                    ((name, self._lookup(name)) for name in names) if record is not None]
-        with self._tables_lock:
-            return list(self._volumes.items())
-
-    def _lookup(self, name: str) -> "Optional[Dict[str, Any]]":
-        """The record of a volume that exists, or None. Shared, from disk:
-        another node may have made or removed it; written atomically, a
-        record is read whole."""
-        if not self.shared:
-            return self._volumes.get(name)
-        try:
-            record = _read_json(self._record_path(name), "volume record")
-        except FileNotFoundError:
-            return None
-        except ValueError as exc:
-            log.error("volume %r: %s", name, exc)  # and the next start refuses to go on
-            return None
-        return record if record.get("phase") == "ready" else None
-
-    def _nodes_mounting(self, name: str) -> "List[str]":
-        """The other nodes that count a mount of ``name`` (shared state only)."""
-        nodes_dir = os.path.join(self.state_dir, _NODES_DIR)
-        if not self.shared or not os.path.isdir(nodes_dir):
-            return []
-        nodes = []
-        for node in sorted(os.listdir(nodes_dir)):
-            path = os.path.join(nodes_dir, node, name + ".json")
-            if os.path.realpath(os.path.dirname(path)) != self.run_dir and os.path.exists(path):
-                try:
-                    if _read_json(path, "mount count file").get("mounts"):
-                        nodes.append(node)
-                except (OSError, ValueError):
-                    nodes.append(node)  # unreadable: take it as mounted
-        return nodes
-
-    @contextlib.contextmanager
-    def _shared_lock(self) -> "Iterator[None]":
-        """All nodes' lock on shared state; nothing when not shared."""
-        if self._shared_fd < 0:
-            yield
-            return
-        import fcntl
-        with self._shared_mutex:
-            fcntl.flock(self._shared_fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self._shared_fd, fcntl.LOCK_UN)
-
-    def _listed_mountpoint(self, name: str, record: "Dict[str, Any]") -> str:
-        state = self._mounts.get(name)
-        if state and state["mountpoint"]:
-            return state["mountpoint"]
-        return self.mountpoint(name, self._parsed(name, record)) or ""
-
-    def _parsed(self, name: str, record: "Dict[str, Any]") -> "Dict[str, Any]":
-        """A recorded volume's options, parsed; never an error that would make
-        the engine take the volume for missing. Kept while the record is the
-        same object: List asks for every volume's."""
-        cached = self._parsed_options.get(name)
-        if cached is not None and cached[0] is record:
-            return cached[1]
-        try:
-            parsed = self.parse_options(record.get("options") or {})
-        except PluginError as exc:
-            log.error("volume %r: its recorded options no longer parse: %s", name, exc)
-            parsed = {}
-        self._parsed_options[name] = (record, parsed)
-        return parsed
-
-    def _record(self, name: str) -> "Dict[str, Any]":
-        record = self._lookup(name)
-        if record is None:
-            raise VolumeNotFound("no such volume: %r" % name)
-        return record
-
-    @contextlib.contextmanager
-    def _volume_lock(self, name: str) -> "Iterator[None]":
-        with self._locks_lock:
-            entry = self._volume_locks.get(name)
-            if entry is None:
-                entry = self._volume_locks[name] = [threading.Lock(), 0]
-            entry[1] += 1
-        try:
-            with entry[0], self._shared_lock():
-                yield
-        finally:
-            with self._locks_lock:
-                entry[1] -= 1
-                if not entry[1]:
-                    del self._volume_locks[name]
-
-    def _record_path(self, name: str) -> str:
-        return os.path.join(self.state_dir, name + ".json")
-
-    def _write_record(self, name: str, record: "Dict[str, Any]") -> None:
-        try:
-            _write_file_atomically(self._record_path(name), _encode_json(record), 0o600)
-        except OSError as exc:
-            raise _storage_error(exc, self.state_dir)
-
-    def _delete_record(self, name: str) -> None:
-        self._set(self._volumes, name, None)
-        self._set(self._mounts, name, None)
-        self._parsed_options.pop(name, None)
-        for path, durable in ((self._record_path(name), True),
-                              (os.path.join(self.run_dir, name + ".json"), False)):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise _storage_error(exc, self.state_dir)
-            if durable:
-                _fsync_directory(self.state_dir)
-
-    def _undo_create(self, name: str, parsed: "Dict[str, Any]") -> None:
-        try:
-            self.destroy(name, parsed)
-            self._delete_record(name)
-        except Exception:
-            log.exception("volume %r: undoing a failed create failed; it is undone at the next "
-                          "start", name)
-
-    def _write_mounts(self, name: str, state: "Dict[str, Any]") -> None:
-        path = os.path.join(self.run_dir, name + ".json")
-        if state["mounts"]:
-            data = _encode_json({"boot_id": self._boot_id, "mounts": state["mounts"],
-                                 "mountpoint": state["mountpoint"]})
-            _write_file_atomically(path, data, 0o600, durable=False)
-            self._set(self._mounts, name, state)
-        else:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            self._set(self._mounts, name, None)
-
-    def _start(self) -> None:
-        """Load the records and finish, or undo, what a crash cut short."""
-        self._upgrade()
-        volumes = {}  # type: Dict[str, Dict[str, Any]]
-        for entry in sorted(os.listdir(self.state_dir)):
-            path = os.path.join(self.state_dir, entry)
-            if ".json.tmp-" in entry:
-                _unlink_quietly(path)  # a write cut short; the record itself is whole
-                continue
-            if not entry.endswith(".json"):
-                continue
-            name, record = entry[:-len(".json")], _read_json(path, "volume record")
-            if record.get("phase") == "ready":
-                volumes[name] = record
-                continue
-            # A create or a remove that was never answered: finish it.
-            log.warning("volume %r: a %s was cut short; finishing it", name,
-                        "create" if record.get("phase") == "creating" else "remove")
-            try:
-                self.destroy(name, self._parsed(name, record))
-                _unlink_quietly(path)
-            except Exception:
-                log.exception("volume %r: could not finish; trying again at the next start", name)
-        self._volumes = volumes
-        mounts = {}
-        for entry in os.listdir(self.run_dir):
-            if not entry.endswith(".json"):
-                if ".json.tmp-" in entry:
-                    _unlink_quietly(os.path.join(self.run_dir, entry))
-                continue
-            name = entry[:-len(".json")]
-            state = _read_json(os.path.join(self.run_dir, entry), "mount count file")
-            if name in volumes and state.get("boot_id") == self._boot_id and state.get("mounts"):
-                mounts[name] = {"mounts": state["mounts"], "mountpoint": state.get("mountpoint")}
-            else:  # a reboot (no container survived it) or a volume since removed
-                _unlink_quietly(os.path.join(self.run_dir, entry))
-        self._mounts = mounts
-
-    def _upgrade(self) -> None:
-        """Convert state of an earlier version; nothing by default."""
-
-
-def _private_directory(path: str, what: str) -> str:
-    """Make ``path`` (0700) if it is missing and return it resolved, once: a
-    link in it cannot be turned elsewhere later. One that another user could
-    write is refused: the plugin runs as root, and they could plant links
-    where it writes."""
-    _make_directories(os.path.abspath(path), 0o700)
-    real = os.path.realpath(path)
-    unsafe = _unsafe_directory(real)
-    if unsafe is not None:
-        raise PermissionError(errno.EPERM, "refusing to keep %s in %s: %s. The plugin runs as "
-                              "root; give it a directory no other user can write"
-                              % (what, real, unsafe))
-    return real
-
-
-def _node_run_dir(state_dir: str, node: str) -> str:
-    """Where one node counts its mounts of a shared ``state_dir``."""
-    if not _VOLUME_NAME.match(node):
-        raise ValueError("host name %r cannot name this node's mount counts" % node)
-    return os.path.join(state_dir, _NODES_DIR, node)
-
-
-def _default_run_dir(state_dir: str) -> str:
-    """A boot-scoped directory of our own for ``state_dir``'s mount counts."""
-    import hashlib
-    key = hashlib.sha256(os.fsencode(state_dir)).hexdigest()[:16]
-    if os.geteuid() == 0:
-        return os.path.join(_RUN_DIR, key)
-    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(
-        "/tmp", "docker-volume-plugin-%d" % os.geteuid())
-    return os.path.join(base, "docker-volume-plugin", key)
-
-
-def _storage_error(exc: OSError, directory: str) -> Exception:
-    """A full or read-only file system, said plainly; other errors as they are."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return PluginError("no space left on the file system of %s: free some, then try again "
-                           "(mounting existing volumes still works)" % directory)
-    if exc.errno == errno.EROFS:
-        return PluginError("%s is on a read-only file system: volumes cannot be created or "
-                           "removed (mounting existing ones still works)" % directory)
-    return exc
-
-
-def _read_json(path: str, what: str) -> "Dict[str, Any]":
-    """A state file, never through a link; a damaged one stops the start."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as state_file:
-        raw = state_file.read()
-    try:
-        value = json.loads(raw.decode("utf-8"))
-        if not isinstance(value, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as exc:
-        # Written atomically, so this is damage from outside: going on
-        # without it would make the engines forget the volume.
-        raise ValueError("%s %s is damaged (%s); not starting. Repair or move it away."
-                         % (what, path, exc))
-    return value
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            log.warning("cannot remove %s: %s", path, exc.strerror)
-
-
-class DirectoryDriver(Driver):
-    """Each volume is a directory under ``root``; built on :class:`Driver`.
-
-    Options: ``uid``, ``gid`` (numbers) and ``mode`` (octal, 0 to 1777,
-    default 0755) of the volume's directory. Records live in
-    ``root/.docker-volume-plugin/``. The root is made private (0700); one
-    another user could write is refused. A volume whose directory has
-    vanished is reported in its ``Status`` and never mounted, rather than
-    handed to a container empty; a directory under the root with no record
-    is not a volume and is left alone. A root written by version 0.1 (one
-    ``.docker-volume-plugin.json``) is converted at the first start, keeping
-    every volume, option, creation time and mount count.
-    """
-
-    options = {"uid": uint_option, "gid": uint_option, "mode": mode_option}
-
-    def __init__(self, root: str, run_dir: "Optional[str]" = None,
-                 shared: "Optional[bool]" = None) -> None:
-        self.root = _private_directory(root, "volumes")
-        if stat.S_IMODE(os.stat(self.root).st_mode) & 0o077:
-            log.info("%s: taking away other users' access to the volumes", self.root)
-            try:
-                os.chmod(self.root, 0o700)
-            except OSError as exc:
-                log.warning("cannot make %s private: %s", self.root, exc.strerror)
-        Driver.__init__(self, os.path.join(self.root, _STATE_DIR), run_dir, shared)
-
-    def create(self, name: str, options: "Dict[str, str]") -> None:
-        # Checked before anything is recorded: a failed create is undone with
-        # destroy(), which must never meet a directory that is not ours.
-        # Shared, another node may be creating or removing it: a record is
-        # written before the directory is made and deleted after it is gone,
-        # so only a directory without any record is not ours.
-        self.check_name(name)
-        if self._lookup(name) is None and os.path.lexists(self._path(name)) and not (
-                self.shared and os.path.lexists(self._record_path(name))):
-            raise PluginError("cannot create volume %r: %s already exists and is not a volume; "
-                              "move it away first" % (name, self._path(name)))
-        Driver.create(self, name, options)
-
-    def provision(self, name: str, options: "Dict[str, Any]") -> None:
-        path = self._path(name)
-        try:
-            os.mkdir(path, 0o700)
-        except OSError as exc:
-            raise _storage_error(exc, self.root)
-        uid, gid = options.get("uid"), options.get("gid")
-        if uid is not None or gid is not None:
-            os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
-        os.chmod(path, options.get("mode", 0o755))
-
-    def attach(self, name: str, options: "Dict[str, Any]") -> str:
-        path = self._path(name)
-        if not _is_real_directory(path):
-            raise PluginError("the directory of volume %r, %s, is missing; not mounting an "
-                              "empty one in its place" % (name, path))
-        return path
-
-    def destroy(self, name: str, options: "Dict[str, Any]") -> None:
-        path = self._path(name)
-        if _is_real_directory(path):
-            trash = os.path.join(self.root, _TRASH_PREFIX + name)
-            if os.path.lexists(trash):
-                _remove_tree(trash)
-            try:
-                os.rename(path, trash)  # gone from its name at once, whatever rmtree meets
-            except OSError as exc:
-                raise _storage_error(exc, self.root)
-            _remove_tree(trash)
-        elif os.path.lexists(path):
-            log.warning("volume %r: %s is not a directory; leaving it", name, path)
-
-    def mountpoint(self, name: str, options: "Dict[str, Any]") -> str:
-        return self._path(name)
-
-    def status(self, name: str, options: "Dict[str, Any]") -> "Dict[str, Any]":
-        path = self._path(name)
-        return {} if _is_real_directory(path) else {"problem": "directory %s is missing" % path}
-
-    def list(self) -> "List[Dict[str, Any]]":
-        # Mounted or not, a volume's path is the same: spare List, which the
-        # engine sends for every `docker volume ls`, a call per volume.
-        root = self.root + os.sep
-        return [{"Name": name, "Mountpoint": root + name} for name, _ in self._snapshot()]
-
-    def _path(self, name: str) -> str:
-        return os.path.join(self.root, name)
-
-    def _start(self) -> None:
-        for entry in os.listdir(self.root):
-            if entry.startswith(_TRASH_PREFIX):
-                _remove_tree(os.path.join(self.root, entry))  # a remove cut short
-        Driver._start(self)
-        for name in self._volumes:
-            if not _is_real_directory(self._path(name)):
-                log.warning("volume %r: directory %s is missing", name, self._path(name))
-        for entry in sorted(os.listdir(self.root)):
-            if not entry.startswith(".") and entry not in self._volumes:
-                log.warning("%s has no record: not a volume; left alone",
-                            os.path.join(self.root, entry))
-
-    def _upgrade(self) -> None:
-        """Convert a version 0.1 root: one state file for every volume."""
-        old = os.path.join(self.root, _V1_STATE_FILE)
-        if not os.path.lexists(old):
-            return
-        state = _read_json(old, "state file")
-        if state.get("version") != 1 or not isinstance(state.get("volumes"), dict):
-            raise ValueError("state file %s has version %r; this version reads 1"
-                             % (old, state.get("version")))
-        same_boot = state.get("boot_id") in (None, self._boot_id)
-        for name, entry in sorted(state["volumes"].items()):
-            if not _VOLUME_NAME.match(name) or not isinstance(entry, dict):
-                raise ValueError("state file %s has a damaged entry %r; not starting"
-                                 % (old, name))
-            record = {"version": _RECORD_VERSION, "phase": "ready",
-                      "options": entry.get("options") or {}, "created_at": entry.get("created_at")}
-            self._write_record(name, record)
-            if same_boot and entry.get("mounts"):
-                self._write_mounts(name, {"mounts": entry["mounts"], "mountpoint": self._path(name)})
-        os.rename(old, old + ".converted")
-        _unlink_quietly(os.path.join(self.root, _V1_LOCK_FILE))
-        log.info("converted %d volume(s) from %s (kept as %s.converted)",
-                 len(state["volumes"]), old, old)
-
-
-_STATE_DIR = ".docker-volume-plugin"
-#: In a shared state directory: each node's mount counts, and the lock all share.
-_NODES_DIR = "nodes"
-_SHARED_LOCK = "lock"
-_V1_STATE_FILE = ".docker-volume-plugin.json"
-_V1_LOCK_FILE = ".docker-volume-plugin.lock"
-_TRASH_PREFIX = ".removing-"
-
-
-def _format_options(options: "Dict[str, str]") -> str:
-    return ", ".join("%s=%s" % item for item in sorted(options.items())) or "(none)"
-
-
-def _is_real_directory(path: str) -> bool:
-    """A directory, not a symlink to one: we never follow a link out of the root."""
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _remove_tree(path: str) -> None:
-    import shutil
-    try:
-        if _is_real_directory(path):
-            shutil.rmtree(path)  # does not follow symlinks inside the tree
-        else:
-            os.unlink(path)
-    except OSError as exc:
-        log.error("could not remove %s: %s (it is removed at the next start)", path, exc)
-
-
-def _boot_id() -> "Optional[str]":
-    try:
-        with open(_BOOT_ID_FILE) as boot_id:
-            return boot_id.read().strip()
-    except OSError:
-        return None
-
-###############################################################################
-# Command line ################################################################
+# Command line: serve, mounts, check, plugin-config ###########################
 ###############################################################################
 
 #: The environment variable that sets ``serve --log-level``, for managed
@@ -3703,9 +3705,14 @@ def _build_parser() -> "Any":
     return parser
 
 
-def _plugin_config_command(args: "Any") -> int:
-    sys.stdout.write(json.dumps(_plugin_config(args), indent=2) + "\n")
-    return 0
+def _key_values(items: "List[str]", flag: str) -> "Dict[str, str]":
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _UsageError("%s %r: expected KEY=VALUE" % (flag, item))
+        options[key] = value
+    return options
 
 
 def _plugin_config(args: "Any") -> "Dict[str, Any]":
@@ -3767,14 +3774,31 @@ def _plugin_config(args: "Any") -> "Dict[str, Any]":
     }
 
 
-def _key_values(items: "List[str]", flag: str) -> "Dict[str, str]":
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise _UsageError("%s %r: expected KEY=VALUE" % (flag, item))
-        options[key] = value
-    return options
+def _plugin_config_command(args: "Any") -> int:
+    sys.stdout.write(json.dumps(_plugin_config(args), indent=2) + "\n")
+    return 0
+
+
+def _containers_using(volume: str) -> "Optional[List[str]]":
+    """Docker's running containers that use ``volume``; None if Docker cannot be asked."""
+    import urllib.parse
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if not host.startswith("unix://"):
+        return None
+    connection = _UnixHTTPConnection(host[len("unix://"):])
+    connection.timeout = 10
+    try:
+        connection.request("GET", "/containers/json?filters=" +
+                           urllib.parse.quote(json.dumps({"volume": [volume]})))
+        response = connection.getresponse()
+        containers = json.loads(response.read().decode("utf-8"))
+        if response.status != 200:
+            return None
+        return [c["Names"][0].lstrip("/") for c in containers]
+    except (OSError, ValueError, KeyError, IndexError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
 
 
 def _mounts_command(args: "Any") -> int:
@@ -3822,28 +3846,6 @@ def _mounts_command(args: "Any") -> int:
                 client.unmount(name, mount_id)
     sys.stdout.write("released %d mount(s) of volume %s\n" % (sum(mounts[name].values()), name))
     return 0
-
-
-def _containers_using(volume: str) -> "Optional[List[str]]":
-    """Docker's running containers that use ``volume``; None if Docker cannot be asked."""
-    import urllib.parse
-    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    if not host.startswith("unix://"):
-        return None
-    connection = _UnixHTTPConnection(host[len("unix://"):])
-    connection.timeout = 10
-    try:
-        connection.request("GET", "/containers/json?filters=" +
-                           urllib.parse.quote(json.dumps({"volume": [volume]})))
-        response = connection.getresponse()
-        containers = json.loads(response.read().decode("utf-8"))
-        if response.status != 200:
-            return None
-        return [c["Names"][0].lstrip("/") for c in containers]
-    except (OSError, ValueError, KeyError, IndexError, http.client.HTTPException):
-        return None
-    finally:
-        connection.close()
 
 
 def _tls_arguments(args: "Any") -> "Tuple[Any, Optional[Dict[str, str]]]":
