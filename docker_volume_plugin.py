@@ -92,7 +92,9 @@ import http.server
 # plugin start-up sits in front of ``docker run`` after every reboot.
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple  # noqa: F401
+    import io  # noqa: F401
+    from typing import (  # noqa: F401
+        Any, Callable, Dict, Iterable, Iterator, List, NoReturn, Optional, Tuple)
 
 ###############################################################################
 # Errors and shared helpers ###################################################
@@ -148,11 +150,11 @@ class _BadRequest(PluginError):
     status = 400
 
 
-class _HTTPError(Exception):
+class _HTTPError(PluginError):
     """A request that cannot be framed; the reply closes the connection."""
 
     def __init__(self, status: int, message: str) -> None:
-        Exception.__init__(self, message)
+        PluginError.__init__(self, message)
         self.status = status
 
 
@@ -204,6 +206,11 @@ def format_rfc3339(value: "Any") -> "Optional[str]":
 
 def _encode_json(payload: "Any") -> bytes:
     return _JSON_ENCODER.encode(payload).encode("ascii")
+
+
+def _error_body(message: str) -> bytes:
+    """The body of every error reply: ``{"Err": message}``, as both engines read it."""
+    return _encode_json({"Err": message})
 
 
 def _error_text(exc: BaseException) -> str:
@@ -476,6 +483,10 @@ class Plugin(object):
             path = "/" + path  # the engine prepends one too (moby pkg/plugins/client.go)
         self._routes[path] = (handler, read_only)
 
+    def has_route(self, path: str) -> bool:
+        """Whether ``POST path`` is served."""
+        return path in self._routes
+
     def add_volume_driver(self, driver: "Any") -> None:
         """Serve the ``VolumeDriver`` interface with ``driver``.
 
@@ -504,8 +515,8 @@ class Plugin(object):
         route = self._routes.get(path)
         if route is None:
             log.warning("%r: unknown endpoint", path)
-            return 404, _encode_json({"Err": "unknown endpoint %r; this plugin implements %s"
-                                      % (path, ", ".join(self.implements) or "nothing")})
+            return 404, _error_body("unknown endpoint %r; this plugin implements %s"
+                                    % (path, ", ".join(self.implements) or "nothing"))
         handler, read_only = route
         if path == "/Plugin.Activate":
             # Docker activates once per engine lifetime, Podman in every
@@ -520,18 +531,23 @@ class Plugin(object):
         except Exception as exc:
             status = exc.status if isinstance(exc, PluginError) else 500
             self._log_call(path, request, started, exc, read_only)
-            return status, _encode_json({"Err": _error_text(exc)})
+            return status, _error_body(_error_text(exc))
         self._log_call(path, request, started, None, read_only)
         return 200, encoded
+
+    @staticmethod
+    def undoes(path: str) -> bool:
+        """Whether a call to ``path`` is undone when its reply is not delivered."""
+        return path in _UNDO_IF_UNDELIVERED
 
     def undo(self, path: str, body: bytes) -> None:
         """Undo a call whose successful reply could not be delivered.
 
         The server calls this when the client hung up before the reply was
-        sent. Only a Mount needs it: the engine saw it fail, so it never sends
-        the Unmount, and the volume would stay mounted for good.
+        sent. Only a Mount needs it (:meth:`undoes`): the engine saw it fail,
+        so it never sends the Unmount, and the volume would stay mounted for good.
         """
-        if path == "/VolumeDriver.Mount":
+        if self.undoes(path):
             request = _decode_json_object(body)
             self._undo_mount(request["Name"], request["ID"],
                              "the client hung up before the reply (Podman waits 5 s, Docker 2 min)")
@@ -1473,34 +1489,27 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
     # reach no client.
     default_request_version = "HTTP/1.1"
     server_version = "docker-volume-plugin/" + __version__
-    #: The chunk-size line of a chunked body, at most (its extensions included).
-    max_chunk_line = 4096
+    server: "_PluginServerMixin"
+    rfile: "io.BufferedReader"
 
     def setup(self) -> None:
-        # Headers and body are two writes: on TCP, Nagle's algorithm would
-        # hold the body back for the peer's delayed ACK (40 ms).
-        self.disable_nagle_algorithm = self.request.family != socket.AF_UNIX
         http.server.BaseHTTPRequestHandler.setup(self)
-        #: While a request is read or a reply written: when the server cuts
-        #: the connection off. None while idle and while the driver works.
-        self.deadline = None  # type: Optional[float]
-        #: Set by the server when it cut the connection off for being late.
-        self.timed_out = False
-        # Held while the server decides to cut the connection off, and while
-        # this thread moves from reading to the driver's work: so a request
-        # read whole is never cut off under the driver (a Mount taken for
-        # undelivered would be undone).
-        self.clock = threading.Lock()
-        #: True from a request's first byte until its reply is sent.
-        self.busy = False
-        #: When the connection last became idle (waiting for a request).
-        self.idle_since = _monotonic()
+        # While a request is read or a reply written: when the connection is
+        # late. None while idle and while the driver works.
+        self._deadline = None  # type: Optional[float]
+        # Set once the connection was cut off for being late.
+        self._timed_out = False
+        # Held while cut_off_if_late() decides, and while this thread moves
+        # from reading to the driver's work: so a request read whole is never
+        # cut off under the driver (a Mount taken for undelivered would be
+        # undone).
+        self._clock = threading.Lock()
+        self._busy = False  # from a request's first byte until its reply is sent
+        self._idle_since = _monotonic()  # when it last began to wait for a request
         self._reserved = 0  # bytes of the server's body memory this request holds
 
     def handle(self) -> None:
-        server = self.server
-        with server._lock:
-            server._handlers.add(self)
+        self.server.add_handler(self)
         try:
             if hasattr(self.connection, "do_handshake") and not self._handshake():
                 return
@@ -1508,8 +1517,7 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         except OSError as exc:  # the client went away mid-reply
             log.debug("connection error: %s", exc)
         finally:
-            with server._lock:
-                server._handlers.discard(self)
+            self.server.remove_handler(self)
 
     def handle_one_request(self) -> None:
         """Wait for a request (idle), then serve it within the deadline."""
@@ -1526,7 +1534,7 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         self.request_version = self.default_request_version
         try:
             http.server.BaseHTTPRequestHandler.handle_one_request(self)
-            if self.timed_out and not self.replied:
+            if self._timed_out and not self.replied:
                 self.send_error(408)  # cut off in the request line: say why
         finally:
             self._end()
@@ -1536,7 +1544,7 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         if not http.server.BaseHTTPRequestHandler.parse_request(self):
             return False
-        if self.timed_out:  # the headers were cut off: never act on them
+        if self._timed_out:  # the headers were cut off: never act on them
             self.send_error(408)
             return False
         if self.headers.defects:  # a line that is no header: nothing after it is trusted
@@ -1561,15 +1569,15 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         except _HTTPError as exc:
             self.send_error(exc.status, str(exc))
             return
-        with self.clock:
-            self.deadline = None  # the driver may take its time (a network mount)
-            late = self.timed_out
+        with self._clock:
+            self._deadline = None  # the driver may take its time (a network mount)
+            late = self._timed_out
         if late:
             self.send_error(408)
             return
         plugin = self.server.plugin
         status, reply = plugin.handle(self.path, body)
-        if status == 200 and self.path in _UNDO_IF_UNDELIVERED:
+        if status == 200 and plugin.undoes(self.path):
             # Nobody may be waiting any more: Podman gives up after 5 s, the
             # engine after 2 min, and neither sends an Unmount for a Mount it
             # saw fail (moby volume/mounts/mounts.go; libpod/plugin).
@@ -1589,7 +1597,7 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
                    explain: "Optional[str]" = None) -> None:
         """Every error as the engines read one: JSON ``{"Err": ...}``, and the
         connection closed, since where the next request starts is unknown."""
-        if self.timed_out:  # whatever the cut-off made of the request
+        if self._timed_out:  # whatever the cut-off made of the request
             code, message = 408, "request not received within %gs" % self.server.request_timeout
         message = message or self.responses.get(code, ("error",))[0]
         if explain:
@@ -1597,7 +1605,46 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         log.warning("bad request%s: %s", " to %r" % self.path if getattr(self, "path", "")
                     else "", message)
         self.close_connection = True
-        self._reply(code, _encode_json({"Err": message}))
+        self._reply(code, _error_body(message))
+
+    # -- what the server asks of a connection ------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """True from a request's first byte until its reply is sent: stop()
+        waits for it, and it is never closed to make room."""
+        return self._busy
+
+    @property
+    def idle_since(self) -> float:
+        """When the connection last began to wait for a request (monotonic)."""
+        return self._idle_since
+
+    def cut_off_if_late(self, now: float) -> None:
+        """Shut the connection down if it is late, by the server's deadlines.
+
+        Late with a request (or with reading our reply), its reads are shut,
+        so that it is answered 408; the second time, its writes too. Idle
+        for over ``idle_timeout``, it is closed.
+        """
+        with self._clock:
+            if self._deadline is not None and now > self._deadline:
+                how = socket.SHUT_RDWR if self._timed_out else socket.SHUT_RD
+            elif not self._busy and now - self._idle_since > self.server.idle_timeout:
+                how = socket.SHUT_RDWR
+            else:
+                return
+            self._timed_out = True
+            self.hang_up(how)
+
+    def hang_up(self, how: int = socket.SHUT_RDWR) -> None:
+        """Shut the connection down: its thread wakes and ends."""
+        try:
+            self.connection.shutdown(how)
+        except OSError:
+            pass
+
+    # -- the stdlib's hooks -------------------------------------------------------
 
     def address_string(self) -> str:
         # The stdlib's indexes client_address, which is '' on a Unix socket.
@@ -1633,13 +1680,13 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
                 self._read_body()
             except _HTTPError:
                 self.close_connection = True
-        if self.path not in self.server.plugin._routes:
+        if not self.server.plugin.has_route(self.path):
             status, reply = self.server.plugin.handle(self.path, b"")
             self._reply(status, reply)
             return
         log.warning("%s %r: only POST is allowed", self.command, self.path)
-        self._reply(405, _encode_json({"Err": "method %s not allowed; plugin endpoints take "
-                                              "POST" % self.command}), allow="POST")
+        self._reply(405, _error_body("method %s not allowed; plugin endpoints take POST"
+                                     % self.command), allow="POST")
 
     def _read_body(self) -> bytes:
         encoding = self.headers.get("Transfer-Encoding")
@@ -1669,15 +1716,15 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         chunks = []  # type: List[bytes]
         total, limit = 0, self.server.max_body_bytes
         while True:
-            line = self.rfile.readline(self.max_chunk_line + 1)
-            if len(line) > self.max_chunk_line:
+            line = self.rfile.readline(self.server.max_chunk_line + 1)
+            if len(line) > self.server.max_chunk_line:
                 raise _HTTPError(400, "chunk size line too long")
             size_text = line.split(b";", 1)[0].strip()
             if not _HEX_DIGITS.match(size_text):
                 raise _HTTPError(400, "bad chunk size %r" % size_text[:20])
             size = int(size_text, 16)
             if size == 0:
-                while self.rfile.readline(self.max_chunk_line + 1).strip():
+                while self.rfile.readline(self.server.max_chunk_line + 1).strip():
                     pass  # trailer fields, ignored
                 return b"".join(chunks)
             total += size
@@ -1685,7 +1732,7 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
                 raise _HTTPError(413, "request body is over the %d-byte limit" % limit)
             self._reserve(total)
             chunks.append(self._read_exactly(size))
-            if self.rfile.readline(self.max_chunk_line + 1).strip():
+            if self.rfile.readline(self.server.max_chunk_line + 1).strip():
                 raise _HTTPError(400, "chunk data longer than its size")
 
     def _read_exactly(self, size: int) -> bytes:
@@ -1735,7 +1782,7 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
             self.connection.do_handshake()
             return True
         except (ssl.SSLError, OSError) as exc:
-            if self.timed_out:
+            if self._timed_out:
                 log.warning("TLS: %s did not finish its handshake within %gs",
                             self.address_string(), self.server.request_timeout)
             else:
@@ -1748,25 +1795,25 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
     def _begin(self) -> bool:
         """Busy from now, within the request deadline; False if the server
         has cut the connection off already (idle too long)."""
-        with self.clock:
-            if self.timed_out:
+        with self._clock:
+            if self._timed_out:
                 return False
-            self.busy = True  # stop() waits for this request now
-            self.deadline = _monotonic() + self.server.request_timeout
+            self._busy = True  # stop() waits for this request now
+            self._deadline = _monotonic() + self.server.request_timeout
             return True
 
     def _end(self) -> None:
         """Idle from now: no deadline but the idle timeout."""
-        with self.clock:
-            self.busy = False
-            self.deadline = None
-            self.idle_since = _monotonic()
+        with self._clock:
+            self._busy = False
+            self._deadline = None
+            self._idle_since = _monotonic()
 
     def _reply(self, status: int, body: bytes, allow: "Optional[str]" = None) -> None:
         self.replied = True
-        if self.server._stopping:
+        if self.server.stopping:
             self.close_connection = True
-        self.deadline = _monotonic() + self.server.request_timeout  # a client that never reads
+        self._deadline = _monotonic() + self.server.request_timeout  # a client that never reads
         self.send_response(status)
         self.send_header("Content-Type", _PLUGIN_MEDIA_TYPE)
         self.send_header("Content-Length", str(len(body)))
@@ -1784,14 +1831,20 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
 ###############################################################################
 
 #: The limits a server takes by name.
-_LIMITS = ("max_connections", "max_body_memory", "small_body", "max_body_bytes", "idle_timeout",
-           "request_timeout", "drain_timeout", "poll_interval")
+_LIMITS = ("max_connections", "max_body_memory", "small_body", "max_body_bytes", "max_chunk_line",
+           "idle_timeout", "request_timeout", "drain_timeout", "poll_interval")
 #: sockaddr_un.sun_path on Linux, in bytes; the engine refuses longer paths.
 _MAX_SOCKET_PATH_BYTES = 108
 _CERT_REQUIRED = 2  # ssl.CERT_REQUIRED, without importing ssl for every plugin
 
 
-class _PluginServerMixin(object):
+if TYPE_CHECKING:  # pragma: no cover
+    _ServerBase = socketserver.BaseServer  # what the mixin is mixed into
+else:
+    _ServerBase = object
+
+
+class _PluginServerMixin(_ServerBase):
     """Threads, limits and a clean stop, shared by the Unix and TCP servers.
 
     The limits are the class attributes below; a server's own are set by
@@ -1818,6 +1871,8 @@ class _PluginServerMixin(object):
     small_body = 64 * 1024
     #: Largest request body accepted, in bytes. The engines' are a few hundred.
     max_body_bytes = 1 << 20
+    #: Longest chunk-size line of a chunked body, its extensions included, in bytes.
+    max_chunk_line = 4096
     #: Seconds a keep-alive connection may sit idle between requests. Docker
     #: keeps idle connections forever (moby pkg/plugins/client.go) and opens
     #: another when we close one.
@@ -1841,10 +1896,11 @@ class _PluginServerMixin(object):
                 raise TypeError("unknown server limit %r; the limits are %s"
                                 % (name, ", ".join(_LIMITS)))
             setattr(self, name, value)
-        self._stopping = False
+        #: Set once the server is stopping: replies then close their connections.
+        self.stopping = False
         self._thread = None  # type: Optional[threading.Thread]
         self._lock = threading.Lock()
-        self._handlers = set()  # type: set
+        self._handlers = set()  # type: set  # of PluginRequestHandler
         self._connections = 0
         self._body_memory = 0
         #: When serve_forever() last went round its loop.
@@ -1854,12 +1910,12 @@ class _PluginServerMixin(object):
     def get_request(self) -> "Any":
         """Accept a connection when there is room for it (socketserver hook)."""
         while not self._take_slot():
-            if self._stopping:
+            if self.stopping:
                 raise OSError(errno.ESHUTDOWN, "stopping")
             time.sleep(0.05)  # not a spin: at most 20 looks a second
             self.service_actions()  # meanwhile, late connections are still cut off
         try:
-            return super(_PluginServerMixin, self).get_request()  # type: ignore
+            return super(_PluginServerMixin, self).get_request()
         except OSError as exc:
             self._free_slot()
             if exc.errno in (errno.EMFILE, errno.ENFILE):
@@ -1882,16 +1938,26 @@ class _PluginServerMixin(object):
                             self._connections, "closing the longest idle" if idle else
                             "new ones wait until one closes")
         if idle:
-            oldest = min(idle, key=lambda handler: handler.idle_since)
-            try:
-                oldest.connection.shutdown(socket.SHUT_RDWR)  # its thread ends, freeing a slot
-            except OSError:
-                pass
+            min(idle, key=lambda handler: handler.idle_since).hang_up()  # its slot comes free
         return False
 
     def _free_slot(self) -> None:
         with self._lock:
             self._connections -= 1
+
+    def add_handler(self, handler: "PluginRequestHandler") -> None:
+        """A connection's handler begins: cut off when late, waited for by stop()."""
+        with self._lock:
+            self._handlers.add(handler)
+
+    def remove_handler(self, handler: "PluginRequestHandler") -> None:
+        with self._lock:
+            self._handlers.discard(handler)
+
+    def handlers(self) -> "List[PluginRequestHandler]":
+        """The handlers of the connections open now."""
+        with self._lock:
+            return list(self._handlers)
 
     def reserve_body(self, size: int) -> bool:
         """Count ``size`` bytes of request body against ``max_body_memory``."""
@@ -1908,7 +1974,7 @@ class _PluginServerMixin(object):
             with self._lock:
                 self._body_memory -= size
 
-    def process_request(self, request: socket.socket, client_address: "Any") -> None:
+    def process_request(self, request: "Any", client_address: "Any") -> None:
         # One thread per connection: a two-minute Mount never holds up
         # another call (the engine calls concurrently: moby volume/service).
         thread = threading.Thread(target=self._serve_connection, args=(request, client_address),
@@ -1920,7 +1986,7 @@ class _PluginServerMixin(object):
             self._free_slot()
             raise
 
-    def _serve_connection(self, request: socket.socket, client_address: "Any") -> None:
+    def _serve_connection(self, request: "Any", client_address: "Any") -> None:
         try:
             self.finish_request(request, client_address)
         except Exception:
@@ -1934,25 +2000,8 @@ class _PluginServerMixin(object):
         watchdog takes it as a sign of life, and the connections that are
         late are cut off."""
         now = self.last_turn = _monotonic()
-        with self._lock:
-            handlers = list(self._handlers)
-        for handler in handlers:
-            with handler.clock:
-                deadline = handler.deadline
-                if deadline is not None and now > deadline:
-                    # Late with its request (or with reading our reply): stop
-                    # its reads, so that it is answered 408; the second time,
-                    # its writes too.
-                    how = socket.SHUT_RDWR if handler.timed_out else socket.SHUT_RD
-                elif not handler.busy and now - handler.idle_since > self.idle_timeout:
-                    how = socket.SHUT_RDWR  # idle: just close it
-                else:
-                    continue
-                handler.timed_out = True
-                try:
-                    handler.connection.shutdown(how)
-                except OSError:
-                    pass
+        for handler in self.handlers():
+            handler.cut_off_if_late(now)
 
     def handle_error(self, request: "Any", client_address: "Any") -> None:
         log.exception("error while serving a connection")
@@ -1979,24 +2028,20 @@ class _PluginServerMixin(object):
         """
         if drain_timeout is None:
             drain_timeout = self.drain_timeout
-        self._stopping = True
+        self.stopping = True
         if self._thread is not None:  # serve() ran serve_forever() itself
             self.shutdown()
             self._thread.join()
         self.server_close()
         deadline = _monotonic() + drain_timeout
         while True:
-            with self._lock:
-                handlers = list(self._handlers)
+            handlers = self.handlers()
             drained = not any(handler.busy for handler in handlers)
             if drained or _monotonic() >= deadline:
                 break
             time.sleep(0.01)  # polled: requests need no lock to count themselves
         for handler in handlers:
-            try:
-                handler.connection.shutdown(socket.SHUT_RDWR)  # wakes threads waiting idle
-            except OSError:
-                pass
+            handler.hang_up()  # wakes threads waiting idle
         if not drained:
             log.warning("stopped with calls still in flight after %gs", drain_timeout)
         return drained
@@ -2076,6 +2121,8 @@ class UnixPluginServer(_PluginServerMixin, socketserver.UnixStreamServer):
     replaced; a socket another process serves, or a path that is not a socket,
     raises OSError and is left alone.
     """
+
+    server_address: str  # the socket's path
 
     def __init__(self, path: "Optional[str]", plugin: "Any", mode: int = 0o660,
                  group: "Optional[Any]" = None, sock: "Optional[socket.socket]" = None,
@@ -2189,6 +2236,12 @@ def write_json_spec_file(name: str, address: str, directory: str = PLUGIN_SPEC_D
                        json.dumps(spec, indent=2).encode("utf-8") + b"\n")
 
 
+class _TCPRequestHandler(PluginRequestHandler):
+    # Headers and body are two writes: Nagle's algorithm would hold the body
+    # back for the peer's delayed ACK (40 ms). socketserver's switch for it.
+    disable_nagle_algorithm = True
+
+
 class TCPPluginServer(_PluginServerMixin, socketserver.TCPServer):
     """Threaded server on TCP, found by the engine through a spec file.
 
@@ -2205,6 +2258,7 @@ class TCPPluginServer(_PluginServerMixin, socketserver.TCPServer):
     """
 
     allow_reuse_address = True
+    server_address: "Tuple[Any, ...]"  # (host, port), and more on IPv6
 
     def __init__(self, address: "Optional[Tuple[str, int]]", plugin: "Any",
                  name: "Optional[str]" = None, spec_dir: str = PLUGIN_SPEC_DIR,
@@ -2214,10 +2268,12 @@ class TCPPluginServer(_PluginServerMixin, socketserver.TCPServer):
         self.tls_context = tls_context
         if sock is not None:  # listening already
             address = sock.getsockname()[:2]
-        host = address[0] or "127.0.0.1"  # type: ignore
+        if address is None:
+            raise TypeError("TCPPluginServer needs an address or a listening socket")
+        host = address[0] or "127.0.0.1"
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.spec_path = None  # type: Optional[str]
-        socketserver.TCPServer.__init__(self, (host, address[1]), PluginRequestHandler,  # type: ignore
+        socketserver.TCPServer.__init__(self, (host, address[1]), _TCPRequestHandler,
                                         bind_and_activate=sock is None)
         if sock is not None:
             self.socket.close()
@@ -2429,7 +2485,7 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
 
     def on_signal(signum: int, frame: "Any") -> None:
         log.info("signal %d received: stopping", signum)
-        server._stopping = True
+        server.stopping = True
         # shutdown() waits for serve_forever(), which runs in this very thread.
         threading.Thread(target=server.shutdown).start()
 
@@ -2451,7 +2507,7 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
         systemd.notify("STOPPING=1")
         systemd.stop_watchdog()
         for each in servers:
-            each._stopping = True
+            each.stopping = True
             each.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -2682,6 +2738,12 @@ def _tls_context(tls: "Optional[Dict[str, Any]]") -> "Any":
     return context
 
 
+def _address_parts(address: str) -> "Tuple[str, str]":
+    """The scheme of a plugin address and the rest; a bare path is ``unix``."""
+    scheme, _, rest = address.partition("://") if "://" in address else ("unix", "", address)
+    return scheme, rest
+
+
 class PluginClient(object):
     """Talks to a plugin exactly as an engine does: Docker's or Podman's.
 
@@ -2718,7 +2780,7 @@ class PluginClient(object):
         self.engine = engine
         #: Overrides the engine's deadlines for every call when set.
         self.timeout = timeout
-        scheme, _, rest = target.partition("://") if "://" in target else ("unix", "", target)
+        scheme, rest = _address_parts(target)
         self._host = ""  # what a 20.10 engine sends over a Unix socket
         if scheme == "unix":
             self._connection = _UnixHTTPConnection(rest)  # type: Any
@@ -2808,22 +2870,33 @@ class PluginClient(object):
         self.call("VolumeDriver.Remove", {"Name": name})
 
     def mount(self, name: str, mount_id: str) -> str:
-        return self.call("VolumeDriver.Mount", {"Name": name, "ID": mount_id}).get("Mountpoint")
+        """The Mountpoint; ``""`` when the reply has none, as Go decodes it."""
+        return self._mountpoint("VolumeDriver.Mount", {"Name": name, "ID": mount_id})
 
     def unmount(self, name: str, mount_id: str) -> None:
         self.call("VolumeDriver.Unmount", {"Name": name, "ID": mount_id})
 
-    def get(self, name: str) -> "Dict[str, Any]":
+    def get(self, name: str) -> "Optional[Dict[str, Any]]":
+        """The Volume; None for a reply whose Volume is null."""
         return self.call("VolumeDriver.Get", {"Name": name}).get("Volume")
 
     def list(self) -> "List[Dict[str, Any]]":
         return self.call("VolumeDriver.List", {}).get("Volumes") or []
 
     def path(self, name: str) -> str:
-        return self.call("VolumeDriver.Path", {"Name": name}).get("Mountpoint")
+        """The Mountpoint; ``""`` when the reply has none, as Go decodes it."""
+        return self._mountpoint("VolumeDriver.Path", {"Name": name})
 
     def capabilities(self) -> "Dict[str, Any]":
         return self.call("VolumeDriver.Capabilities", {}).get("Capabilities") or {}
+
+    def _mountpoint(self, method: str, payload: "Dict[str, Any]") -> str:
+        mountpoint = self.call(method, payload).get("Mountpoint")
+        if mountpoint is None:
+            return ""
+        if not isinstance(mountpoint, str):  # the engine's decode fails
+            raise PluginCallError("%s: Mountpoint %r is not a string" % (method, mountpoint))
+        return mountpoint
 
 ###############################################################################
 # Checker: check_plugin, the engines' call sequences and rules ################
@@ -2858,7 +2931,7 @@ def _random_id() -> str:
 
 def _split_address(address: str) -> "Tuple[int, Any]":
     """Socket family and address for ``unix://``, ``tcp://`` or ``http://``."""
-    scheme, _, rest = address.partition("://") if "://" in address else ("unix", "", address)
+    scheme, rest = _address_parts(address)
     if scheme == "unix":
         return socket.AF_UNIX, rest
     host, _, port = rest.rstrip("/").rpartition(":")
@@ -2919,12 +2992,13 @@ class _Checker(object):
         self.deadline_share = deadline_share
         self.deadline = deadline
         self.client = self.new_client()
-        family, where = ((None, None) if address.startswith("https://")
-                         else _split_address(address))
         #: Mountpoints are host paths we can look at only on this host, and
         #: not for a managed plugin: its paths are inside its own root.
-        self.local = (family == socket.AF_UNIX and not _MANAGED_SOCKET.match(where)) or (
-            family is not None and where[0] in ("127.0.0.1", "::1", "localhost"))
+        self.local = False
+        if not address.startswith("https://"):
+            family, where = _split_address(address)
+            self.local = (not _MANAGED_SOCKET.match(where) if family == socket.AF_UNIX
+                          else _is_loopback(where[0]))
         self.prefix = "dvp-check-%s" % os.urandom(6).hex()
         self.a, self.b, self.unknown = (self.prefix + "-a", self.prefix + "-b",
                                         self.prefix + "-never-created")
@@ -3485,13 +3559,13 @@ def _load_driver(spec: str, options: "Optional[Dict[str, str]]" = None) -> "Any"
         if module_ref.endswith(".py") or os.sep in module_ref:
             module_name = os.path.splitext(os.path.basename(module_ref))[0]
             module_spec = importlib.util.spec_from_file_location(module_name, module_ref)
-            if module_spec is None or not os.path.isfile(module_ref):
+            if module_spec is None or module_spec.loader is None or not os.path.isfile(module_ref):
                 raise ImportError("no such file: %s" % module_ref)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[module_name] = module
             # Its own imports find the modules beside it, as when run as a script.
             sys.path.insert(0, os.path.dirname(os.path.abspath(module_ref)))
-            module_spec.loader.exec_module(module)  # type: ignore
+            module_spec.loader.exec_module(module)
         else:
             if os.getcwd() not in sys.path and "" not in sys.path:
                 sys.path.insert(0, os.getcwd())  # as `python -m` and gunicorn do
@@ -3558,7 +3632,7 @@ def _build_parser() -> "Any":
     import argparse
 
     class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> None:  # one clear line, not usage + traceback
+        def error(self, message: str) -> "NoReturn":  # one clear line, not usage + traceback
             raise _UsageError(message)
 
     parser = Parser(prog=_PROG, description="Docker volume plugins in one standard-library file.")
@@ -3913,7 +3987,7 @@ def main(argv: "Optional[List[str]]" = None) -> int:
         return 2
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    driver = None
+    driver = None  # type: Any
     try:
         # Every option is checked before the driver makes its root.
         tls_context, spec_tls = _tls_arguments(args)

@@ -823,10 +823,10 @@ class UnixServerTests(QuietLogs, unittest.TestCase):
 
     def _wait_connections_gone(self):
         for _ in range(50):
-            if not self.server._handlers:
+            if not self.server.handlers():
                 break
             time.sleep(0.05)
-        return len(self.server._handlers)
+        return len(self.server.handlers())
 
     def test_stop_never_removes_a_socket_that_replaced_ours(self):
         server = dvp.UnixPluginServer(os.path.join(self.dir, "s.sock"), MemoryDriver()).start()
@@ -922,6 +922,27 @@ class TCPServerTests(QuietLogs, unittest.TestCase):
         finally:
             server.stop(1.0)
         self.assertFalse(os.path.exists(spec_path))
+
+    def test_tcp_replies_are_not_held_back_by_nagle(self):
+        server = dvp.TCPPluginServer(("127.0.0.1", 0), MemoryDriver()).start()
+        self.addCleanup(server.stop, 1.0)
+        with dvp.PluginClient(server.address) as client:
+            client.activate()
+            (handler,) = server.handlers()
+            self.assertTrue(handler.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    def test_client_reads_a_mountpoint_as_go_does(self):
+        plugin = dvp.Plugin()
+        plugin.add_route("/VolumeDriver.Mount", lambda request: {})
+        plugin.add_route("/VolumeDriver.Path", lambda request: {"Mountpoint": 5})
+        plugin.add_route("/VolumeDriver.Get", lambda request: {"Volume": None})
+        server = dvp.TCPPluginServer(("127.0.0.1", 0), plugin).start()
+        self.addCleanup(server.stop, 1.0)
+        with dvp.PluginClient(server.address) as client:
+            self.assertEqual(client.mount("v", "1"), "")  # no Mountpoint: Go decodes ""
+            self.assertIsNone(client.get("v"))
+            with self.assertRaisesRegex(dvp.PluginCallError, "Mountpoint 5 is not a string"):
+                client.path("v")
 
 
 # -- systemd: socket activation, readiness, watchdog, unit files ----------------------
@@ -1449,11 +1470,11 @@ class HostileClientTests(QuietLogs, unittest.TestCase):
         greedy = self.connect()
         greedy.sendall(_docker_request("VolumeDriver.List", b"{}") * 100)  # and reads nothing
         deadline = time.time() + 10
-        while not server._handlers and time.time() < deadline:
+        while not server.handlers() and time.time() < deadline:
             time.sleep(0.01)
-        while server._handlers and time.time() < deadline:  # blocked in a write, then cut off
+        while server.handlers() and time.time() < deadline:  # blocked in a write, then cut off
             time.sleep(0.05)
-        self.assertEqual(len(server._handlers), 0)
+        self.assertEqual(len(server.handlers()), 0)
         self.assertTrue(self.get_answered())
         received = b""
         try:
