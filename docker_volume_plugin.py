@@ -66,7 +66,7 @@ __all__ = [  # what README's Reference section lists, and nothing else
     "server_tls_context", "write_spec_file", "write_json_spec_file",
     "PLUGIN_SOCKET_DIR", "PLUGIN_SPEC_DIR",
     "Driver", "DirectoryDriver", "uint_option", "mode_option", "size_option",
-    "PluginClient", "PluginCallError", "find_plugin", "check_plugin", "main",
+    "PluginClient", "PluginCallError", "find_plugin", "PluginLookup", "check_plugin", "main",
 ]
 
 import contextlib
@@ -80,6 +80,7 @@ import select
 import signal
 import socket
 import socketserver
+import ssl
 import stat
 import sys
 import threading
@@ -336,6 +337,8 @@ def _release_lock(lock_path: str, fd: int) -> None:
 # Protocol: Plugin, the endpoints over any driver object ######################
 ###############################################################################
 
+#: The Scopes the engine accepts in Capabilities (moby volume/drivers/adapter.go).
+_SCOPES = ("local", "global")
 #: Methods a volume driver must have; ``path`` and ``capabilities`` are optional.
 _REQUIRED_METHODS = ("create", "remove", "mount", "unmount", "get", "list")
 #: Endpoint -> (Plugin method, read-only). Read-only calls are the engine's
@@ -671,7 +674,7 @@ class Plugin(object):
         if self.scope is not None:
             capabilities["Scope"] = self.scope
         scope = capabilities.setdefault("Scope", "local")
-        if scope not in ("local", "global"):
+        if scope not in _SCOPES:
             raise PluginError("driver capabilities give Scope %r; Docker accepts 'local' or "
                               "'global'" % (scope,))
         return {"Capabilities": capabilities}
@@ -1479,8 +1482,15 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
     The socket stays blocking, as the stdlib leaves it: a socket timeout
     costs a poll() before every read and write, and a Get 1.29x the CPU
     (benchmarks/bench.py). The deadlines (a whole request, a reply, an
-    idle connection) are kept by the server instead, which shuts down the
-    connections that are late (``_PluginServerMixin.service_actions``).
+    idle connection) are kept by the server's loop instead, which asks every
+    connection to :meth:`cut_off_if_late` at each turn.
+
+    What it needs of its server, as :class:`UnixPluginServer` and
+    :class:`TCPPluginServer` provide it: ``plugin`` (a :class:`Plugin`), the
+    limits ``max_body_bytes``, ``max_body_memory``, ``small_body``,
+    ``max_chunk_line``, ``request_timeout`` and ``idle_timeout``,
+    ``stopping``, ``add_handler``/``remove_handler`` (around each
+    connection) and ``reserve_body``/``release_body`` (around each body).
     """
 
     protocol_version = "HTTP/1.1"
@@ -1776,7 +1786,6 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         Done here, in the connection's thread, so that a client that never
         finishes its handshake holds up nobody else.
         """
-        import ssl
         self._begin()
         try:
             self.connection.do_handshake()
@@ -1835,7 +1844,6 @@ _LIMITS = ("max_connections", "max_body_memory", "small_body", "max_body_bytes",
            "idle_timeout", "request_timeout", "drain_timeout", "poll_interval")
 #: sockaddr_un.sun_path on Linux, in bytes; the engine refuses longer paths.
 _MAX_SOCKET_PATH_BYTES = 108
-_CERT_REQUIRED = 2  # ssl.CERT_REQUIRED, without importing ssl for every plugin
 
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -1951,6 +1959,7 @@ class _PluginServerMixin(_ServerBase):
             self._handlers.add(handler)
 
     def remove_handler(self, handler: "PluginRequestHandler") -> None:
+        """A connection's handler ends."""
         with self._lock:
             self._handlers.discard(handler)
 
@@ -1970,6 +1979,7 @@ class _PluginServerMixin(_ServerBase):
             return True
 
     def release_body(self, size: int) -> None:
+        """Give back ``size`` bytes that :meth:`reserve_body` counted."""
         if size:
             with self._lock:
                 self._body_memory -= size
@@ -2189,7 +2199,6 @@ def server_tls_context(cert: str, key: str, ca: "Optional[str]" = None) -> "Any"
     """An :class:`ssl.SSLContext` for a plugin: TLS 1.2 at least, our
     certificate, and with ``ca`` client certificates required and verified
     against it (the engine presents the ``CertFile`` of the spec's TLSConfig)."""
-    import ssl  # only TLS plugins need it
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     if hasattr(ssl, "TLSVersion"):
         context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -2280,7 +2289,7 @@ class TCPPluginServer(_PluginServerMixin, socketserver.TCPServer):
             self.socket = sock
         # The protocol has no authentication of its own: without TLS client
         # certificates, whoever connects can create, mount and remove volumes.
-        if tls_context is not None and tls_context.verify_mode == _CERT_REQUIRED:
+        if tls_context is not None and tls_context.verify_mode == ssl.CERT_REQUIRED:
             log.info("TLS on %s: clients must present a certificate from the CA", self.address)
         elif tls_context is not None:
             log.warning("TLS on %s without --tls-ca: any client that reaches it controls your "
@@ -2464,7 +2473,7 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
     """
     plugin = driver if isinstance(driver, Plugin) else Plugin(driver)
     if scope is not None:
-        if scope not in ("local", "global"):
+        if scope not in _SCOPES:
             raise ValueError("scope must be 'local' or 'global', not %r" % scope)
         plugin.scope = scope
     servers = []  # type: List[Any]
@@ -2556,16 +2565,23 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-class _Lookup(object):
-    """Where an engine would find a plugin, and what looks wrong on the way."""
+class PluginLookup(object):
+    """Where an engine would find a plugin, and what looks wrong on the way:
+    what :func:`find_plugin` returns."""
 
     def __init__(self) -> None:
+        #: The address the engine would call (``unix:///...``, ``tcp://``,
+        #: ``https://``), or None when it would find nothing usable.
         self.address = None  # type: Optional[str]
+        #: The TLSConfig of a ``.json`` spec, ``{}`` for a ``.spec`` (the
+        #: engine then skips verification), None for a socket.
         self.tls = None  # type: Optional[Dict[str, Any]]
         #: Whose configuration gave the address: Docker's plugin directories
         #: or a Podman containers.conf file.
         self.source = ""
+        #: Why the engine would fail, in its terms.
         self.problems = []  # type: List[str]
+        #: Files the winner shadows, and files the engine ignores.
         self.notes = []  # type: List[str]
 
 
@@ -2638,7 +2654,7 @@ def _podman_plugin(name: str, configs: "Optional[Iterable[str]]" = None
 
 def find_plugin(name: str, socket_dir: str = PLUGIN_SOCKET_DIR,
                 spec_dirs: "Iterable[str]" = _PLUGIN_SPEC_DIRS,
-                podman_configs: "Optional[Iterable[str]]" = None) -> _Lookup:
+                podman_configs: "Optional[Iterable[str]]" = None) -> PluginLookup:
     """Resolve a plugin name the way Docker does, then the way Podman does.
 
     Docker (moby pkg/plugins/discovery.go): sockets ``NAME.sock`` and
@@ -2651,7 +2667,8 @@ def find_plugin(name: str, socket_dir: str = PLUGIN_SOCKET_DIR,
     ``problems`` saying why in the engines' terms, ``notes`` on files that the
     winner shadows and ``source`` naming the configuration used.
     """
-    lookup = _Lookup()
+    lookup = PluginLookup()
+    # (file, address, TLSConfig, problem) of each file the engine would look at, in order
     found = []  # type: List[Tuple[str, Optional[str], Optional[Dict[str, Any]], Optional[str]]]
     for path in (os.path.join(socket_dir, name + ".sock"),
                  os.path.join(socket_dir, name, name + ".sock")):
@@ -2673,14 +2690,14 @@ def find_plugin(name: str, socket_dir: str = PLUGIN_SOCKET_DIR,
             if os.path.exists(path):
                 found.append((path,) + _read_spec(path))
     if found:
-        winner = found[0]
-        lookup.address = None if winner[3] else winner[1]
-        lookup.tls, lookup.source = winner[2], "Docker's plugin directories (%s)" % winner[0]
-        if winner[3]:
-            lookup.problems.append(winner[3])
-        for other in found[1:]:
+        winner, address, tls, problem = found[0]
+        lookup.address = None if problem else address
+        lookup.tls, lookup.source = tls, "Docker's plugin directories (%s)" % winner
+        if problem:
+            lookup.problems.append(problem)
+        for shadowed in found[1:]:
             lookup.notes.append("%s is shadowed by %s, which comes first in the engine's "
-                                "search order" % (other[0], winner[0]))
+                                "search order" % (shadowed[0], winner))
         return lookup
     socket_path, config = _podman_plugin(name, podman_configs)
     if socket_path is not None:
@@ -2697,10 +2714,10 @@ def find_plugin(name: str, socket_dir: str = PLUGIN_SOCKET_DIR,
 
 
 def _resolve(target: str, socket_dir: str = PLUGIN_SOCKET_DIR,
-             spec_dirs: "Iterable[str]" = _PLUGIN_SPEC_DIRS) -> _Lookup:
+             spec_dirs: "Iterable[str]" = _PLUGIN_SPEC_DIRS) -> PluginLookup:
     """An address as it is, or a plugin name found as the engines find it."""
     if "://" in target or target.startswith("/"):
-        lookup = _Lookup()
+        lookup = PluginLookup()
         lookup.address, lookup.source = target, "the address given"
         return lookup
     return find_plugin(target, socket_dir, spec_dirs)
@@ -2724,7 +2741,6 @@ def _parse_reply(raw: bytes) -> "Any":
 
 def _tls_context(tls: "Optional[Dict[str, Any]]") -> "Any":
     """An SSL context following the engine's rules for a spec's TLSConfig."""
-    import ssl  # only https plugins need it
     if tls is None:  # an https address given directly: verify as Go would
         return ssl.create_default_context()
     context = ssl.create_default_context(cafile=tls.get("CAFile") or None)
@@ -3084,7 +3100,7 @@ class _Checker(object):
         if err is not None:
             self.rule("capabilities", False, "saw %s: Docker assumes scope 'local' and asks "
                       "again on every lookup" % err)
-        elif scope in ("local", "global"):
+        elif scope in _SCOPES:
             self.rule("capabilities", True, "Scope %r" % scope)
         else:
             self.rule("capabilities", False, "Scope %r: Docker accepts 'local' or 'global' "
@@ -3547,6 +3563,13 @@ class _UsageError(Exception):
     pass
 
 
+def _error_line(message: str, status: int = 1, kind: str = "error") -> int:
+    """Say ``PROG: error: message`` on stderr, the form of every command-line
+    failure, and return the exit status."""
+    sys.stderr.write("%s: %s: %s\n" % (_PROG, kind, message))
+    return status
+
+
 def _load_driver(spec: str, options: "Optional[Dict[str, str]]" = None) -> "Any":
     """Load ``MODULE:ATTR`` (a module name or a .py path); call ATTR if it is a
     factory, with ``options`` (from ``--driver-opt``) as keyword arguments."""
@@ -3663,7 +3686,7 @@ def _build_parser() -> "Any":
     serve_parser.add_argument("--spec-dir", default=PLUGIN_SPEC_DIR,
                               help="where --tcp writes its .spec (or, with TLS, .json) file "
                                    "(default: %(default)s)")
-    serve_parser.add_argument("--scope", choices=("local", "global"),
+    serve_parser.add_argument("--scope", choices=_SCOPES,
                               help="the Scope announced to the engine (default: the driver's; "
                                    "the built-in one's is local). global: the storage is shared "
                                    "by every node, such as a root on a shared file system; the "
@@ -3906,14 +3929,12 @@ def _mounts_command(args: "Any") -> int:
         return 0
     users = _containers_using(name)
     if users:
-        sys.stderr.write("%s: refusing: Docker's running container(s) %s use volume %s; stop "
-                         "them instead\n" % (_PROG, ", ".join(users), name))
-        return 1
+        return _error_line("Docker's running container(s) %s use volume %s; stop them instead"
+                           % (", ".join(users), name), kind="refusing")
     if users is None and not args.force:
-        sys.stderr.write("%s: refusing: cannot ask Docker whether a container uses volume %s "
-                         "(is DOCKER_HOST set?); make sure none does, then add --force\n"
-                         % (_PROG, name))
-        return 1
+        return _error_line("cannot ask Docker whether a container uses volume %s (is "
+                           "DOCKER_HOST set?); make sure none does, then add --force" % name,
+                           kind="refusing")
     with PluginClient(args.plugin, timeout=60) as client:
         for mount_id, count in sorted(mounts[name].items()):
             for _ in range(count):
@@ -3966,8 +3987,7 @@ def main(argv: "Optional[List[str]]" = None) -> int:
     try:
         args = parser.parse_args(argv)
     except _UsageError as exc:
-        sys.stderr.write("%s: error: %s (see --help)\n" % (_PROG, exc))
-        return 2
+        return _error_line("%s (see --help)" % exc, 2)
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     commands = {"check": _check_command, "mounts": _mounts_command,
@@ -3976,15 +3996,12 @@ def main(argv: "Optional[List[str]]" = None) -> int:
         try:
             return commands[args.command](args)
         except _UsageError as exc:
-            sys.stderr.write("%s: error: %s (see --help)\n" % (_PROG, exc))
-            return 2
+            return _error_line("%s (see --help)" % exc, 2)
         except (PluginCallError, OSError, ValueError) as exc:
-            sys.stderr.write("%s: error: %s\n" % (_PROG, _error_text(exc)))
-            return 1
+            return _error_line(_error_text(exc))
     if args.log_level not in _LOG_LEVELS:
-        sys.stderr.write("%s: error: %s=%r: expected one of %s\n"
-                         % (_PROG, _LOG_LEVEL_VARIABLE, args.log_level, ", ".join(_LOG_LEVELS)))
-        return 2
+        return _error_line("%s=%r: expected one of %s" % (
+            _LOG_LEVEL_VARIABLE, args.log_level, ", ".join(_LOG_LEVELS)), 2)
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     driver = None  # type: Any
@@ -4008,15 +4025,13 @@ def main(argv: "Optional[List[str]]" = None) -> int:
               spec_tls=spec_tls, insecure_tcp=args.insecure_tcp, scope=args.scope,
               **dict(args.limit))
     except _UsageError as exc:
-        sys.stderr.write("%s: error: %s\n" % (_PROG, exc))
-        return 2
+        return _error_line("%s (see --help)" % exc, 2)
     except (OSError, ValueError, TypeError, PluginError) as exc:
         if isinstance(exc, OSError) and exc.strerror:
             message = exc.strerror if exc.filename is None else "%s: %s" % (exc.strerror, exc.filename)
         else:
             message = str(exc) or type(exc).__name__
-        sys.stderr.write("%s: error: %s\n" % (_PROG, message))
-        return 1
+        return _error_line(message)
     finally:
         if callable(getattr(driver, "close", None)):
             driver.close()
