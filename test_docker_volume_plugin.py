@@ -12,6 +12,7 @@ import datetime
 import errno
 import fcntl
 import http.client
+import importlib.util
 import io
 import json
 import logging
@@ -181,7 +182,7 @@ def _exchange_raw(path, data, read_timeout=5.0):
 
 
 def _docker_request(method, body=b"", host=b""):
-    """A request exactly as the 20.10 engine writes it (PROTOCOL 1.5)."""
+    """A request exactly as the 20.10 engine writes it (moby pkg/plugins/transport/transport.go)."""
     return (b"POST /" + method.encode() + b" HTTP/1.1\r\nHost: " + host +
             b"\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: " + str(len(body)).encode() +
             b"\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\n"
@@ -1101,6 +1102,29 @@ class SystemdTests(unittest.TestCase):
         for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ProtectSystem=strict",
                      "NoNewPrivileges=yes"):
             self.assertIn(line, service)
+
+    def test_shipped_unit_runs_the_module_from_its_bytecode(self):
+        with open(os.path.join(UNITS, "docker-volume-plugin-dirs.service")) as f:
+            unit = f.read()
+        settings = dict(line.split("=", 1) for line in unit.splitlines()
+                        if "=" in line and not line.startswith("#"))
+        library, argv = settings["WorkingDirectory"], settings["ExecStart"].split()
+        self.assertEqual(argv[1:3], ["-m", "docker_volume_plugin"])
+        # The install lines in the unit's comment, run here on a stand-in directory.
+        install = [line[1:].strip() for line in unit.splitlines() if line.startswith("#   ")]
+        self.assertIn("python3 -m compileall -q %s" % library, install)
+        stand_in = temp_dir(self)
+        shutil.copy(MODULE, stand_in)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", stand_in], check=True,
+                       stdout=subprocess.DEVNULL, timeout=60)
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)
+        result = subprocess.run([sys.executable, "-v"] + argv[1:3] + ["--version"], cwd=stand_in,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                universal_newlines=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        bytecode = importlib.util.cache_from_source(os.path.join(stand_in, "docker_volume_plugin.py"))
+        self.assertIn("code object from %r" % bytecode, result.stderr)
 
 
 # -- remote plugins: TCP with mutual TLS ----------------------------------------------
@@ -3176,7 +3200,7 @@ class ReadmeTests(QuietLogs, unittest.TestCase):
     def test_readme_commands_are_the_real_ones(self):
         with open(os.path.join(HERE, "README.rst")) as f:
             text = f.read()
-        self.assertIn("python3 docker_volume_plugin.py serve --name dirs --root /srv/vols", text)
+        self.assertIn("python3 -m docker_volume_plugin serve --name dirs --root /srv/vols", text)
         self.assertIn("python3 -m unittest -v test_docker_volume_plugin", text)
         with open(os.path.join(HERE, ".ci", "run")) as f:
             self.assertIn("-m unittest -v test_docker_volume_plugin", f.read())
@@ -3267,7 +3291,7 @@ class EngineTests(unittest.TestCase):
     Every test uses its own plugin name, and only calls that reach that
     plugin (``-d``, ``--volume-driver``, ``--filter driver=``): the engine
     caches every plugin it has used, and enumerating one that is gone costs
-    about 15 s of retries (PROTOCOL 1.4).
+    about 15 s of retries (moby pkg/plugins/client.go, plugins.go).
     """
 
     counter = 0

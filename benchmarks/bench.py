@@ -242,17 +242,15 @@ def server_benchmarks(rounds, seconds, workdir):
 
 def startup_benchmarks(repeat, workdir):
     env = dict(os.environ, PYTHONPATH=INSTALLED)
-    times = {}
+    times, rss = {}, {}
     for index in range(repeat):
         for kind in ("baseline", "ours", "script"):
-            path = os.path.join(workdir, "start.sock")
-            proc = subprocess.Popen(server_command(kind, path, 0), env=env, stderr=subprocess.DEVNULL,
-                                    cwd=INSTALLED)
+            server = Server(kind, os.path.join(workdir, "start.sock"))
             try:
-                times.setdefault(kind, []).append(wait_for_activate(path, proc) * 1000)
+                times.setdefault(kind, []).append(server.ready_after * 1000)
+                rss.setdefault(kind, []).append(server.rss_at_start_kib)
             finally:
-                proc.terminate()
-                proc.wait()
+                server.stop()
         for kind, code in (("reference", "import http.server, json"),
                            ("import", "import docker_volume_plugin"), ("bare", "pass")):
             started = time.perf_counter()
@@ -270,6 +268,12 @@ def startup_benchmarks(repeat, workdir):
                         ("ours (-m, bytecode cached): until Activate", "ours"),
                         ("ours (the .py run as a script): until Activate", "script")):
         print("  %-48s %7.1f  %5.2fx" % (label, median[kind], median[kind] / reference))
+    print("RSS at start, median of %d runs                  KiB  vs the baseline" % repeat)
+    base = statistics.median(rss["baseline"])
+    for label, kind in (("baseline", "baseline"), ("ours (-m, bytecode cached)", "ours"),
+                        ("ours (the .py run as a script)", "script")):
+        print("  %-48s %7d  %5.2fx" % (label, statistics.median(rss[kind]),
+                                       statistics.median(rss[kind]) / base))
 
 
 def engine_benchmarks(rounds):
