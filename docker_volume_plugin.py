@@ -697,6 +697,8 @@ _SIZE = re.compile(r"([0-9]{1,15})([kKmMgGtT]?)[bB]?\Z")
 
 _BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 _RECORD_VERSION = 2
+#: A record's phases: being created, whole, being removed.
+_PHASES = ("creating", "ready", "removing")
 #: Where boot-scoped state (mount counts, the lock) lives when run as root.
 _RUN_DIR = "/run/docker-volume-plugin"
 
@@ -798,12 +800,60 @@ def _read_json(path: str, what: str) -> "Dict[str, Any]":
         value = json.loads(raw.decode("utf-8"))
         if not isinstance(value, dict):
             raise ValueError("not a JSON object")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         # Written atomically, so this is damage from outside: going on
         # without it would make the engines forget the volume.
-        raise ValueError("%s %s is damaged (%s); not starting. Repair or move it away."
-                         % (what, path, exc))
+        raise ValueError("%s %s is damaged (%s); not starting. Repair or move it away." % (
+            what, path, "nested too deeply" if isinstance(exc, RecursionError) else exc))
     return value
+
+
+def _load_record(path: str) -> "Dict[str, Any]":
+    """A volume record from disk, every field checked once.
+
+    A version or phase this code does not know raises ValueError naming the
+    file, which stops the start: such a record is never taken for a cut-short
+    create or remove, whose storage is destroyed. Other damage (options that
+    are not strings, a bad creation time) is described in ``damage``: the
+    volume is still answered by Get and List, which the engines take for
+    "no such volume" when they fail, but never mounted or removed.
+    """
+    record = _read_json(path, "volume record")
+    version, phase = record.get("version"), record.get("phase")
+    if version != _RECORD_VERSION or phase not in _PHASES:
+        raise ValueError("volume record %s has version %.20r and phase %.20r; this version reads "
+                         "version %d in phase %s: not starting, and not touching the volume. "
+                         "Repair the record or move it away." % (
+                             path, version, phase, _RECORD_VERSION, ", ".join(_PHASES)))
+    problems = []
+    options = record.get("options")
+    if not isinstance(options, dict) or not all(
+            isinstance(key, str) and isinstance(value, str) for key, value in options.items()):
+        problems.append("its options %.80r are not an object of strings" % (options,))
+        options = {}
+    created_at = record.get("created_at")
+    if created_at is not None and format_rfc3339(created_at) is None:
+        problems.append("its created_at %.40r is not an RFC 3339 time" % (created_at,))
+        created_at = None
+    loaded = dict(record, options=options, created_at=created_at)
+    if problems:
+        loaded["damage"] = "volume record %s is damaged: %s" % (path, "; ".join(problems))
+    return loaded
+
+
+def _load_mounts(path: str) -> "Tuple[Dict[str, Any], Optional[str]]":
+    """A mount count file from disk: its state, and what is damaged in it or None."""
+    state = _read_json(path, "mount count file")
+    mounts, mountpoint = state.get("mounts"), state.get("mountpoint")
+    if not isinstance(mounts, dict) or not all(
+            isinstance(key, str) and type(count) is int and count > 0
+            for key, count in mounts.items()):
+        return state, "mount count file %s is damaged: its mounts %.80r are not counts" % (
+            path, mounts)
+    if mountpoint is not None and not (isinstance(mountpoint, str) and os.path.isabs(mountpoint)):
+        return state, "mount count file %s is damaged: its mountpoint %.80r is not a path" % (
+            path, mountpoint)
+    return state, None
 
 
 def _unlink_quietly(path: str) -> None:
@@ -964,6 +1014,7 @@ class Driver(object):
         with self._volume_lock(name):
             existing = self._lookup(name)
             if existing is not None:
+                self._intact_record(name, "create")
                 if existing["options"] == options:
                     return  # a retried create: already done
                 raise PluginError("volume %r already exists with options %s"
@@ -982,7 +1033,7 @@ class Driver(object):
 
     def remove(self, name: str) -> None:
         with self._volume_lock(name):
-            record = self._record(name)
+            record = self._intact_record(name, "remove")
             mounts = self._mounts.get(name, {}).get("mounts")
             if mounts:
                 # Never the mount IDs: whoever can call Unmount could release them.
@@ -1002,7 +1053,7 @@ class Driver(object):
 
     def mount(self, name: str, mount_id: str) -> str:
         with self._volume_lock(name):
-            record = self._record(name)
+            record = self._intact_record(name, "mount")
             state = self._mounts.get(name) or {"mounts": {}, "mountpoint": None}
             mounts = dict(state["mounts"])
             path = state["mountpoint"]
@@ -1056,6 +1107,8 @@ class Driver(object):
             # would forget its labels and options (moby volume/service/store.go).
             log.exception("volume %r: describing it failed", name)
             status["problem"] = _error_text(exc)
+        if "damage" in record:  # answered all the same, for the same reason
+            status["problem"] = record["damage"]
         volume = {"Name": name, "CreatedAt": record["created_at"], "Status": status}
         if path:
             volume["Mountpoint"] = path
@@ -1142,13 +1195,14 @@ class Driver(object):
         if not self.shared:
             return self._volumes.get(name)
         try:
-            record = _read_json(self._record_path(name), "volume record")
+            record = _load_record(self._record_path(name))
         except FileNotFoundError:
             return None
-        except ValueError as exc:
-            log.error("volume %r: %s", name, exc)  # and the next start refuses to go on
-            return None
-        return record if record.get("phase") == "ready" else None
+        except ValueError as exc:  # still answered, never mounted or removed
+            log.error("volume %r: %s", name, exc)
+            return {"version": _RECORD_VERSION, "phase": "ready", "options": {},
+                    "created_at": None, "damage": str(exc)}
+        return record if record["phase"] == "ready" else None
 
     def _listed_mountpoint(self, name: str, record: "Dict[str, Any]") -> str:
         state = self._mounts.get(name)
@@ -1175,6 +1229,14 @@ class Driver(object):
         record = self._lookup(name)
         if record is None:
             raise VolumeNotFound("no such volume: %r" % name)
+        return record
+
+    def _intact_record(self, name: str, action: str) -> "Dict[str, Any]":
+        """The record of a volume that exists and is not damaged."""
+        record = self._record(name)
+        if "damage" in record:
+            raise PluginError("cannot %s volume %r: its state is damaged (see the plugin's "
+                              "log); repair it, then restart the plugin" % (action, name))
         return record
 
     @contextlib.contextmanager
@@ -1250,13 +1312,16 @@ class Driver(object):
                 continue
             if not entry.endswith(".json"):
                 continue
-            name, record = entry[:-len(".json")], _read_json(path, "volume record")
-            if record.get("phase") == "ready":
+            name, record = entry[:-len(".json")], _load_record(path)
+            if record["phase"] == "ready":
                 volumes[name] = record
+                if "damage" in record:
+                    log.error("volume %r: %s; it is listed, but not mounted or removed until "
+                              "repaired", name, record["damage"])
                 continue
             # A create or a remove that was never answered: finish it.
             log.warning("volume %r: a %s was cut short; finishing it", name,
-                        "create" if record.get("phase") == "creating" else "remove")
+                        "create" if record["phase"] == "creating" else "remove")
             try:
                 self.destroy(name, self._parsed(name, record))
                 _unlink_quietly(path)
@@ -1270,8 +1335,13 @@ class Driver(object):
                     _unlink_quietly(os.path.join(self.run_dir, entry))
                 continue
             name = entry[:-len(".json")]
-            state = _read_json(os.path.join(self.run_dir, entry), "mount count file")
-            if name in volumes and state.get("boot_id") == self._boot_id and state.get("mounts"):
+            state, damage = _load_mounts(os.path.join(self.run_dir, entry))
+            if name in volumes and damage is not None:
+                # Kept, and the volume with it: it may be mounted.
+                log.error("volume %r: %s; it is listed, but not mounted or removed until "
+                          "repaired", name, damage)
+                volumes[name] = dict(volumes[name], damage=damage)
+            elif name in volumes and state.get("boot_id") == self._boot_id and state["mounts"]:
                 mounts[name] = {"mounts": state["mounts"], "mountpoint": state.get("mountpoint")}
             else:  # a reboot (no container survived it) or a volume since removed
                 _unlink_quietly(os.path.join(self.run_dir, entry))

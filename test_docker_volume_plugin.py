@@ -2108,6 +2108,113 @@ class StateTests(QuietLogs, unittest.TestCase):
         self.assertIn("damaged entry '../evil'", str(caught.exception))
         self.assertTrue(os.path.exists(path))  # still there, whole, for the operator
 
+    # -- damaged state: never destroy on doubt, never fail Get for a volume that exists --
+
+    def volume_with_data(self, root, options=None):
+        """A volume "v" holding a file, and the path of its record."""
+        driver = dvp.DirectoryDriver(root)
+        driver.create("v", options or {})
+        with open(os.path.join(root, "v", "data"), "w") as f:
+            f.write("kept")
+        record, run_dir = os.path.join(driver.state_dir, "v.json"), driver.run_dir
+        return driver, record, run_dir
+
+    def edit_json(self, path, change):
+        with open(path) as f:
+            value = json.load(f)
+        change(value)
+        with open(path, "w") as f:
+            json.dump(value, f)
+
+    def call(self, driver, method, **request):
+        status, body = dvp.Plugin(driver).handle("/VolumeDriver." + method,
+                                                 json.dumps(request).encode())
+        return status, json.loads(body.decode())
+
+    def test_record_of_an_unknown_version_or_phase_stops_the_start_and_destroys_nothing(self):
+        for field, value in (("phase", "Ready"), ("phase", "ready "), ("phase", None),
+                             ("version", 3), ("version", None)):
+            with self.subTest(field=field, value=value):
+                root = os.path.join(temp_dir(self), "root")
+                driver, record, _ = self.volume_with_data(root)
+                driver.close()
+                self.edit_json(record, lambda r: r.pop(field) if value is None
+                               else r.__setitem__(field, value))
+                with self.assertRaisesRegex(ValueError, "v.json has version .* not starting"):
+                    dvp.DirectoryDriver(root)
+                self.assertTrue(os.path.exists(os.path.join(root, "v", "data")))
+                self.assertTrue(os.path.exists(record))
+
+    def test_damaged_record_is_answered_but_never_mounted_or_removed(self):
+        damages = {"created_at not a time": lambda r: r.__setitem__("created_at", "yesterday"),
+                   "an option not a string": lambda r: r.__setitem__("options", {"uid": 1000}),
+                   "options not an object": lambda r: r.__setitem__("options", "uid=1000")}
+        for what, damage in damages.items():
+            with self.subTest(what):
+                root = os.path.join(temp_dir(self), "root")
+                driver, record, _ = self.volume_with_data(root, {"uid": "1000"})
+                driver.close()
+                self.edit_json(record, damage)
+                driver = self.open(root)
+                status, reply = self.call(driver, "Get", Name="v")
+                self.assertEqual(status, 200, reply)  # Docker would forget it otherwise
+                self.assertIn("v.json is damaged", reply["Volume"]["Status"]["problem"])
+                self.assertEqual([v["Name"] for v in self.call(driver, "List")[1]["Volumes"]],
+                                 ["v"])
+                for method, request in (("Mount", {"Name": "v", "ID": MOUNT_ID}),
+                                        ("Remove", {"Name": "v"}),
+                                        ("Create", {"Name": "v", "Opts": None})):
+                    status, reply = self.call(driver, method, **request)
+                    self.assertEqual(status, 500, method)
+                    self.assertIn("its state is damaged", reply["Err"])
+                self.assertTrue(os.path.exists(os.path.join(root, "v", "data")))
+
+    def test_record_without_created_at_is_served_without_one(self):
+        driver, record, _ = self.volume_with_data(self.root)  # as a 0.1 root converts
+        driver.close()
+        self.edit_json(record, lambda r: r.pop("created_at"))
+        driver = self.open()
+        status, reply = self.call(driver, "Get", Name="v")
+        self.assertEqual(status, 200, reply)
+        self.assertNotIn("CreatedAt", reply["Volume"])
+        self.assertNotIn("problem", reply["Volume"]["Status"])
+        self.assertEqual(self.call(driver, "Mount", Name="v", ID=MOUNT_ID)[0], 200)
+
+    def test_damaged_mount_count_file_keeps_the_volume_and_the_file(self):
+        driver, _, run_dir = self.volume_with_data(self.root)
+        driver.mount("v", MOUNT_ID)
+        driver.close()
+        counts = os.path.join(run_dir, "v.json")
+        self.edit_json(counts, lambda state: state.__setitem__("mounts", {MOUNT_ID: "many"}))
+        driver = self.open()
+        status, reply = self.call(driver, "Get", Name="v")
+        self.assertEqual(status, 200, reply)
+        self.assertIn("mount count file %s is damaged" % counts,
+                      reply["Volume"]["Status"]["problem"])
+        self.assertEqual(self.call(driver, "Remove", Name="v")[0], 500)
+        self.assertTrue(os.path.exists(counts))
+        self.assertTrue(os.path.exists(os.path.join(self.root, "v", "data")))
+
+    def test_record_nested_too_deeply_stops_the_start_with_one_line(self):
+        driver, record, _ = self.volume_with_data(self.root)
+        driver.close()
+        with open(record, "w") as f:
+            f.write("[" * 100000)
+        with self.assertRaisesRegex(ValueError, "v.json is damaged \\(nested too deeply\\)"):
+            dvp.DirectoryDriver(self.root)
+
+    def test_shared_state_answers_a_volume_whose_record_another_node_damaged(self):
+        driver = dvp.DirectoryDriver(self.root, shared=True)
+        self.addCleanup(driver.close)
+        driver.create("v", {})
+        with open(os.path.join(driver.state_dir, "v.json"), "w") as f:
+            f.write("{")
+        status, reply = self.call(driver, "Get", Name="v")
+        self.assertEqual(status, 200, reply)
+        self.assertIn("damaged", reply["Volume"]["Status"]["problem"])
+        self.assertEqual(self.call(driver, "Mount", Name="v", ID=MOUNT_ID)[0], 500)
+        self.assertTrue(os.path.isdir(os.path.join(self.root, "v")))
+
     @unittest.skipUnless(os.geteuid() == 0, "mounting a small file system needs root")
     def test_full_then_read_only_root_still_serves_existing_volumes(self):
         os.mkdir(self.root)
@@ -3342,8 +3449,8 @@ class EngineTests(unittest.TestCase):
         for volume in self.docker("volume", "ls", "-q", "--filter", "driver=" + driver).stdout.split():
             self.docker("volume", "rm", "-f", volume, check=False)
 
-    def run_container(self, driver, *args):
-        return self.docker("run", "--label", "dvp-test=" + driver, *args)
+    def run_container(self, driver, *args, **kwargs):
+        return self.docker("run", "--label", "dvp-test=" + driver, *args, **kwargs)
 
     def inspect(self, volume):
         return json.loads(self.docker("volume", "inspect", volume).stdout)[0]
@@ -3475,6 +3582,32 @@ class EngineTests(unittest.TestCase):
         self.assertEqual(read.stdout, "precious\n")
         self.docker("stop", "-t", "0", name + "-running")
         self.assertEqual(self.inspect("kept")["Status"]["mounts"], 0)
+
+    def test_a_damaged_record_keeps_the_volume_the_engines_know(self):
+        """A Get that failed made Docker forget the volume, and the next
+        ``docker run -v kept`` made an empty local volume of that name."""
+        name, root, proc = self.start_plugin()
+        self.docker("volume", "create", "-d", name, "-o", "uid=1000", "kept")
+        self.run_container(name, "--rm", "-v", "kept:/data", IMAGE, "sh", "-c", "echo precious > /data/f")
+        proc.terminate()
+        proc.wait(15)
+        record = os.path.join(root, ".docker-volume-plugin", "kept.json")
+        with open(record) as f:
+            damaged = json.load(f)
+        damaged["options"] = {"uid": 1000}  # a hand edit: not a string
+        with open(record, "w") as f:
+            json.dump(damaged, f)
+        self.start_plugin(name=name, root=root)
+        info = self.inspect("kept")
+        self.assertEqual(info["Driver"], name)
+        self.assertIn("kept.json is damaged", info["Status"]["problem"])
+        self.assertEqual(self.listed(name), ["kept"])
+        run = self.run_container(name, "--rm", "-v", "kept:/data", IMAGE, "ls", "/data", check=False)
+        self.assertNotEqual(run.returncode, 0, run.stdout)
+        self.assertIn("its state is damaged", run.stderr)
+        self.assertEqual(self.inspect("kept")["Driver"], name)  # not a new local volume
+        with open(os.path.join(root, "kept", "f")) as f:
+            self.assertEqual(f.read(), "precious\n")
 
     def test_readme_driver_served_with_driver_option(self):
         module = os.path.join(self.base, "memory.py")
