@@ -576,10 +576,11 @@ class Plugin(object):
         if not log.isEnabledFor(level):
             return
         details = ""
+        # At most 200 characters of each: a refused name can be a megabyte.
         if "Name" in request:
-            details += " name=%r" % (request["Name"],)
+            details += " name=%.200r" % (request["Name"],)
         if "ID" in request:
-            details += " id=%r" % (request["ID"],)
+            details += " id=%.200r" % (request["ID"],)
         log.log(level, "%s%s %.1fms %s", path.lstrip("/"), details,
                 (_monotonic() - started) * 1000.0, outcome,
                 exc_info=exc if level == logging.ERROR else None)
@@ -1131,8 +1132,7 @@ class Driver(object):
 
     def check_name(self, name: str) -> None:
         """Refuse a name that is not ``name_pattern`` or too long."""
-        if not self.name_pattern.match(name) or len(name) > self.max_name_length or \
-                "/" in name or name.startswith("."):
+        if not self._is_volume_name(name):
             raise PluginError(
                 "invalid volume name %r: use 1-%d letters, digits, '_', '.' or '-', starting "
                 "with a letter or digit" % (name[:self.max_name_length + 20], self.max_name_length))
@@ -1171,6 +1171,10 @@ class Driver(object):
 
     # -- internals ------------------------------------------------------------
 
+    def _is_volume_name(self, name: str) -> bool:
+        return bool(self.name_pattern.match(name)) and len(name) <= self.max_name_length and \
+            "/" not in name and not name.startswith(".")
+
     def _set(self, table: "Dict[str, Any]", name: str, value: "Any") -> None:
         """Set (or, for None, remove) one entry of a table."""
         with self._tables_lock:
@@ -1191,7 +1195,10 @@ class Driver(object):
     def _lookup(self, name: str) -> "Optional[Dict[str, Any]]":
         """The record of a volume that exists, or None. Shared, from disk:
         another node may have made or removed it; written atomically, a
-        record is read whole."""
+        record is read whole. Every call comes through here: a name that
+        Create would refuse is no volume, and never part of a path."""
+        if not self._is_volume_name(name):
+            return None
         if not self.shared:
             return self._volumes.get(name)
         try:

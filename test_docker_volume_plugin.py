@@ -280,6 +280,12 @@ class PluginTests(QuietLogs, unittest.TestCase):
     def test_activate_with_an_empty_body(self):
         self.assertEqual(self.call("/Plugin.Activate"), (200, {"Implements": ["VolumeDriver"]}))
 
+    def test_a_refused_name_or_id_is_logged_cut_short(self):
+        with self.assertLogs("docker_volume_plugin", logging.WARNING) as logs:
+            status, _ = self.call("/VolumeDriver.Mount", {"Name": "n" * 100000, "ID": "i" * 100000})
+        self.assertEqual(status, 400)
+        self.assertLess(len(logs.output[0]), 600)
+
     def test_driver_missing_a_method_is_refused_by_name(self):
         class Partial(object):
             def create(self, name, options): pass
@@ -2381,6 +2387,28 @@ class SharedStateTests(QuietLogs, unittest.TestCase):
         driver = dvp.DirectoryDriver(self.root, run_dir, shared=True)
         self.addCleanup(driver.close)
         return driver
+
+    def test_names_are_checked_at_every_call_not_only_create(self):
+        node = self.node("a")
+        outside = temp_dir(self)  # a record planted where ../ would reach
+        escape = os.path.relpath(os.path.join(outside, "victim"), node.state_dir)
+        record = {"version": 2, "phase": "ready", "options": {}, "created_at": None}
+        with open(os.path.join(outside, "victim.json"), "w") as f:
+            json.dump(record, f)
+        with open(os.path.join(outside, "victim.json")) as f:
+            planted = f.read()
+        plugin = dvp.Plugin(node)
+        for method, request in (("Get", {"Name": escape}), ("Path", {"Name": escape}),
+                                ("Mount", {"Name": escape, "ID": MOUNT_ID}),
+                                ("Unmount", {"Name": escape, "ID": MOUNT_ID}),
+                                ("Remove", {"Name": escape})):
+            status, body = plugin.handle("/VolumeDriver." + method, json.dumps(request).encode())
+            self.assertEqual(status, 500, method)
+            self.assertIn("no such volume", json.loads(body.decode())["Err"], method)
+        self.assertEqual(os.listdir(outside), ["victim.json"])  # nothing written beside it
+        with open(os.path.join(outside, "victim.json")) as f:
+            self.assertEqual(f.read(), planted)  # nor over it
+        self.assertEqual(node.list(), [])
 
     def test_a_volume_made_on_one_node_is_used_on_the_other(self):
         a, b = self.node("a"), self.node("b")
