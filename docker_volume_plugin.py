@@ -872,10 +872,19 @@ class Driver(object):
     called with that volume's lock held, never concurrently for one volume,
     while calls for other volumes run in parallel:
 
+    ``exists(name, options) -> bool``
+        Whether the storage of ``name`` is there already. Asked before a new
+        volume is recorded: storage with no record (a restored backup, a
+        state directory wiped by mistake) is refused and left as it is, so a
+        create only ever undoes storage that it made itself. Default: False;
+        define it whenever your storage can outlive its record.
     ``provision(name, options)``
         Make the storage of a new volume. ``options`` holds the parsed values.
-        After a crash cut a create short, the storage is destroyed, so the
-        create starts over: a volume exists with all its options or not at all.
+        When it raises, or a crash cuts the create short, ``destroy`` removes
+        what it made, so the create starts over: a volume exists with all its
+        options or not at all. Never overwrite what is there: raise
+        FileExistsError instead (``open(path, "xb")``, ``os.mkdir``), and it
+        is left as it is.
     ``attach(name, options) -> str``
         Make the volume available on its first mount and return the absolute
         path that containers get. Default: :meth:`mountpoint`.
@@ -985,6 +994,9 @@ class Driver(object):
 
     # -- the hooks ------------------------------------------------------------
 
+    def exists(self, name: str, options: "Dict[str, Any]") -> bool:
+        return False
+
     def provision(self, name: str, options: "Dict[str, Any]") -> None:
         pass
 
@@ -1020,6 +1032,14 @@ class Driver(object):
                     return  # a retried create: already done
                 raise PluginError("volume %r already exists with options %s"
                                   % (name, self.format_options(existing["options"])))
+            # Storage with no record is not ours to undo. Shared, a record in
+            # the making is another node's create that a crash cut short: its
+            # storage is half made, and undone like our own.
+            if self.exists(name, parsed) and not (
+                    self.shared and os.path.lexists(self._record_path(name))):
+                raise PluginError("cannot create volume %r: its storage is there already, with "
+                                  "no record: it is not a volume, and is left as it is. Move "
+                                  "it away first" % name)
             record = {"version": _RECORD_VERSION, "phase": "creating", "options": dict(options),
                       "created_at": format_rfc3339(datetime.datetime.now(_UTC))}
             self._write_record(name, record)  # a crash from here on is undone at start
@@ -1027,6 +1047,10 @@ class Driver(object):
                 self.provision(name, parsed)
                 record = dict(record, phase="ready")
                 self._write_record(name, record)
+            except FileExistsError:  # what is there is not this create's to undo
+                self._delete_record(name)
+                raise PluginError("cannot create volume %r: its storage appeared while it was "
+                                  "being made, and is left as it is" % name)
             except BaseException:
                 self._undo_create(name, parsed)
                 raise
@@ -1436,18 +1460,8 @@ class DirectoryDriver(Driver):
                 log.warning("cannot make %s private: %s", self.root, exc.strerror)
         Driver.__init__(self, os.path.join(self.root, _STATE_DIR), run_dir, shared)
 
-    def create(self, name: str, options: "Dict[str, str]") -> None:
-        # Checked before anything is recorded: a failed create is undone with
-        # destroy(), which must never meet a directory that is not ours.
-        # Shared, another node may be creating or removing it: a record is
-        # written before the directory is made and deleted after it is gone,
-        # so only a directory without any record is not ours.
-        self.check_name(name)
-        if self._lookup(name) is None and os.path.lexists(self._path(name)) and not (
-                self.shared and os.path.lexists(self._record_path(name))):
-            raise PluginError("cannot create volume %r: %s already exists and is not a volume; "
-                              "move it away first" % (name, self._path(name)))
-        Driver.create(self, name, options)
+    def exists(self, name: str, options: "Dict[str, Any]") -> bool:
+        return os.path.lexists(self._path(name))
 
     def provision(self, name: str, options: "Dict[str, Any]") -> None:
         path = self._path(name)

@@ -1885,7 +1885,7 @@ class DirectoryDriverTests(QuietLogs, unittest.TestCase):
         self.assertIsNone(driver.get("stray"))
         with self.assertRaises(dvp.PluginError) as caught:  # never taken over, never destroyed
             driver.create("stray", {})
-        self.assertIn("already exists and is not a volume", str(caught.exception))
+        self.assertIn("with no record: it is not a volume", str(caught.exception))
         with open(os.path.join(self.root, "stray", "data")) as f:
             self.assertEqual(f.read(), "theirs")
         driver.create("creating", {"mode": "0750"})  # the engine's retry starts afresh
@@ -2344,6 +2344,38 @@ class StateTests(QuietLogs, unittest.TestCase):
             lines = [l for l in source if l.strip() and not l.strip().startswith("#")]
         self.assertLess(len(lines), 70)
 
+    def test_a_refused_create_leaves_storage_it_did_not_make_as_it_was(self):
+        sys.path.insert(0, os.path.join(HERE, "examples"))
+        self.addCleanup(sys.path.remove, os.path.join(HERE, "examples"))
+        import quota
+        root = os.path.join(self.base, "quota")
+        driver = quota.QuotaVolumes(root)
+        driver.create("db", {"size": "16M"})
+        with open(os.path.join(driver.mount("db", MOUNT_ID), "data"), "w") as f:
+            f.write("precious")
+        driver.unmount("db", MOUNT_ID)
+        image, state_dir = driver._image("db"), driver.state_dir
+        driver.close()
+        with open(image, "rb") as f:
+            before = f.read()
+        shutil.rmtree(state_dir)  # a state directory wiped by mistake: an image with no record
+        driver = quota.QuotaVolumes(root)
+        self.addCleanup(driver.close)
+        for attempt in range(2):  # as the engine retries
+            with self.assertRaises(dvp.PluginError) as caught:
+                driver.create("db", {"size": "16M"})
+            self.assertIn("its storage is there already, with no record", str(caught.exception))
+        with open(image, "rb") as f:
+            self.assertEqual(f.read(), before)  # neither destroyed nor reformatted
+        self.assertIsNone(driver.get("db"))
+        # Storage that appears between the check and provision() is left alone too.
+        driver.exists = lambda name, options: False
+        with self.assertRaisesRegex(dvp.PluginError, "appeared while it was being made"):
+            driver.create("db", {"size": "16M"})
+        with open(image, "rb") as f:
+            self.assertEqual(f.read(), before)
+        self.assertEqual(os.listdir(state_dir), [])  # and no record is left of the attempt
+
     def test_readme_driver_with_driver_options_passes_check(self):
         module = os.path.join(self.base, "hostdirs.py")
         with open(module, "w") as f:
@@ -2366,6 +2398,11 @@ class StateTests(QuietLogs, unittest.TestCase):
             with open(os.path.join(allowed, "web", "index.html"), "w") as f:
                 f.write("hi")
             client.unmount("web", MOUNT_ID)
+            client.create("swapped", {"path": os.path.join(allowed, "swapped")})
+            os.rmdir(os.path.join(allowed, "swapped"))
+            os.symlink("/etc", os.path.join(allowed, "swapped"))  # after the create's check
+            with self.assertRaisesRegex(dvp.PluginCallError, "is not under"):
+                client.mount("swapped", MOUNT_ID)
             client.remove("web")
         self.assertTrue(os.path.exists(os.path.join(allowed, "web", "index.html")))  # data kept
         lines = [l for l in hostdirs_example().splitlines() if l.strip() and not l.strip().startswith("#")]
@@ -3636,6 +3673,30 @@ class EngineTests(unittest.TestCase):
         self.assertEqual(self.inspect("kept")["Driver"], name)  # not a new local volume
         with open(os.path.join(root, "kept", "f")) as f:
             self.assertEqual(f.read(), "precious\n")
+
+    def test_a_refused_create_beside_an_existing_image_keeps_its_data(self):
+        """A loop-mounted ext4 driver (examples/quota.py) whose state was wiped:
+        ``docker volume create`` of the name reformatted the image."""
+        root = os.path.join(self.base, "quota")
+        extra = ["--driver", os.path.join(HERE, "examples", "quota.py") + ":QuotaVolumes",
+                 "--driver-opt", "root=" + root]
+        name, _, proc = self.start_plugin(extra=extra)
+        self.docker("volume", "create", "-d", name, "-o", "size=16M", "db")
+        self.run_container(name, "--rm", "-v", "db:/data", IMAGE, "sh", "-c", "echo precious > /data/f")
+        proc.terminate()
+        proc.wait(15)
+        image = os.path.join(root, "images", "db.ext4")
+        with open(image, "rb") as f:
+            before = f.read()
+        shutil.rmtree(os.path.join(root, "state"))  # wiped by mistake; the image stays
+        self.start_plugin(name=name, extra=extra)
+        self.docker("volume", "rm", "-f", "db", check=False)  # the engine forgets it too
+        create = self.docker("volume", "create", "-d", name, "-o", "size=16M", "db", check=False)
+        self.assertNotEqual(create.returncode, 0)
+        self.assertIn("its storage is there already, with no record", create.stderr)
+        with open(image, "rb") as f:
+            self.assertEqual(f.read(), before)  # neither deleted nor reformatted
+        self.assertEqual(self.listed(name), [])
 
     def test_readme_driver_served_with_driver_option(self):
         module = os.path.join(self.base, "memory.py")

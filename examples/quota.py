@@ -27,11 +27,14 @@ class QuotaVolumes(dvp.Driver):
             os.makedirs(directory, mode=0o700, exist_ok=True)
         dvp.Driver.__init__(self, os.path.join(root, "state"))
 
+    def exists(self, name, options):  # an image without a record is refused, never reformatted
+        return os.path.lexists(self._image(name))
+
     def provision(self, name, options):
         size = options.get("size")
         if size is None or size < self.smallest:
             raise dvp.PluginError("option size is required, at least 8M, e.g. -o size=1G")
-        with open(self._image(name), "wb") as image:
+        with open(self._image(name), "xb") as image:  # never over an image that is there
             image.truncate(size)  # sparse: blocks are taken as they are written
         _run("mkfs.ext4", "-q", "-F", "-m", "0", self._image(name))
 
