@@ -269,8 +269,34 @@ def _write_file_atomically(path: str, data: bytes, mode: int = 0o644,
         _fsync_directory(directory)
 
 
+def _foreign_link(path: str) -> "Optional[str]":
+    """Why a symbolic link on the way to ``path`` is not to be followed, or None.
+
+    A link another user owns could point anywhere (an ``/etc`` that the
+    plugin would then make private and write in), and be turned elsewhere
+    later: such a link is never followed, as ``fs.protected_symlinks`` does in
+    sticky directories. Links that root or we own are followed.
+    """
+    allowed = (0, os.geteuid())
+    current = ""
+    for part in os.path.abspath(path).split(os.sep)[1:]:
+        current += os.sep + part
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            return None  # nothing below is made yet
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in allowed:
+            return "%s is a symbolic link that uid %d owns: it could point anywhere" % (
+                current, st.st_uid)
+    return None
+
+
 def _make_directories(path: str, mode: int) -> None:
-    """``os.makedirs`` with ``mode`` for every directory it creates, whatever the umask."""
+    """``os.makedirs`` with ``mode`` for every directory it creates, whatever the
+    umask; never through a link another user owns (PermissionError)."""
+    planted = _foreign_link(path)
+    if planted is not None:
+        raise PermissionError(errno.EPERM, "refusing %s: %s" % (path, planted))
     if os.path.isdir(path):
         return
     parent = os.path.dirname(path)
@@ -290,6 +316,9 @@ def _unsafe_directory(path: str) -> "Optional[str]":
     be writable by no other user; a directory that others may write but with
     the sticky bit (``/tmp``) is safe above an entry that is ours.
     """
+    planted = _foreign_link(path)
+    if planted is not None:
+        return planted
     allowed = (0, os.geteuid())
     current, below = os.path.realpath(path), None  # type: str, Optional[str]
     while True:
@@ -3675,15 +3704,24 @@ def _load_driver(spec: str, options: "Optional[Dict[str, str]]" = None) -> "Any"
             module_spec = importlib.util.spec_from_file_location(module_name, module_ref)
             if module_spec is None or module_spec.loader is None or not os.path.isfile(module_ref):
                 raise ImportError("no such file: %s" % module_ref)
+            # Its own imports find the modules beside it, as when run as a
+            # script: so nobody else may write there, or they run as root.
+            directory = os.path.dirname(os.path.abspath(module_ref))
+            unsafe = _unsafe_directory(directory)
+            if unsafe is not None:
+                raise _UsageError("--driver %r: refusing to import from %s: %s. Keep the driver "
+                                  "in a directory only root can write" % (spec, directory, unsafe))
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[module_name] = module
-            # Its own imports find the modules beside it, as when run as a script.
-            sys.path.insert(0, os.path.dirname(os.path.abspath(module_ref)))
+            sys.path.insert(0, directory)
             module_spec.loader.exec_module(module)
         else:
-            if os.getcwd() not in sys.path and "" not in sys.path:
-                sys.path.insert(0, os.getcwd())  # as `python -m` and gunicorn do
+            cwd = os.getcwd()
+            if cwd not in sys.path and "" not in sys.path and _unsafe_directory(cwd) is None:
+                sys.path.insert(0, cwd)  # as `python -m` and gunicorn do; never one others can write
             module = importlib.import_module(module_ref)
+    except _UsageError:
+        raise
     except Exception as exc:
         raise _UsageError("--driver %r: cannot import %s: %s" % (spec, module_ref, _error_text(exc)))
     target = module

@@ -1332,6 +1332,42 @@ class FileSystemHardeningTests(QuietLogs, unittest.TestCase):
         driver.close()
         self.assertEqual(stat.S_IMODE(os.stat(os.path.join(sticky, "vols")).st_mode), 0o700)
 
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to make another user's link")
+    def test_a_link_another_user_planted_is_never_followed(self):
+        sticky = os.path.join(self.dir, "tmp")
+        os.mkdir(sticky)
+        os.chmod(sticky, 0o1777)  # like /tmp, where anyone may plant a link
+        target = os.path.join(self.dir, "etc")  # root's, as /etc is
+        os.mkdir(target, 0o755)
+        os.chmod(target, 0o755)
+        link = os.path.join(sticky, "vols")
+        os.symlink(target, link)
+        os.lchown(link, NOBODY, NOBODY)
+        for make in (lambda: dvp.DirectoryDriver(link),  # a future --root
+                     lambda: dvp.DirectoryDriver(os.path.join(link, "below")),
+                     lambda: dvp.UnixPluginServer(os.path.join(link, "p.sock"), MemoryDriver()),
+                     lambda: dvp.write_spec_file("p", "tcp://127.0.0.1:1", link)):
+            with self.assertRaisesRegex(PermissionError, "symbolic link that uid %d owns" % NOBODY):
+                make()
+        self.assertEqual(stat.S_IMODE(os.stat(target).st_mode), 0o755)  # never taken over
+        self.assertEqual(os.listdir(target), [])
+        os.lchown(link, 0, 0)  # root's own link is followed
+        driver = dvp.DirectoryDriver(link)
+        driver.close()
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to make a directory others can write")
+    def test_a_driver_is_never_imported_from_a_directory_others_can_write(self):
+        shared = os.path.join(self.dir, "shared")
+        os.mkdir(shared)
+        os.chmod(shared, 0o777)
+        with open(os.path.join(shared, "mine.py"), "w") as f:
+            f.write("import docker_volume_plugin as dvp\nclass D(dvp.DirectoryDriver): pass\n")
+        with open(os.path.join(shared, "hashlib.py"), "w") as f:  # planted beside it
+            f.write("raise SystemExit('planted module ran')\n")
+        with self.assertRaisesRegex(dvp._UsageError, "refusing to import from %s" % shared):
+            dvp._load_driver(os.path.join(shared, "mine.py") + ":D")
+        self.assertNotIn(shared, sys.path)
+
     def test_root_is_private_and_tightened(self):
         root = os.path.join(self.dir, "root")
         os.mkdir(root, 0o711)
