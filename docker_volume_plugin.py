@@ -729,6 +729,11 @@ _BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 _RECORD_VERSION = 2
 #: A record's phases: being created, whole, being removed.
 _PHASES = ("creating", "ready", "removing")
+#: A volume's mount state when nothing mounts it: its count file holds
+#: ``mounts`` (mount ID -> count), the ``mountpoint`` attach() gave, and
+#: ``pending``, "attach" or "detach" while one is under way or has failed.
+_NO_MOUNTS = {"mounts": {}, "mountpoint": None, "pending": None}  # type: Dict[str, Any]
+_PENDING = (None, "attach", "detach")
 #: Where boot-scoped state (mount counts, the lock) lives when run as root.
 _RUN_DIR = "/run/docker-volume-plugin"
 
@@ -883,6 +888,9 @@ def _load_mounts(path: str) -> "Tuple[Dict[str, Any], Optional[str]]":
     if mountpoint is not None and not (isinstance(mountpoint, str) and os.path.isabs(mountpoint)):
         return state, "mount count file %s is damaged: its mountpoint %.80r is not a path" % (
             path, mountpoint)
+    if state.get("pending") not in _PENDING:
+        return state, "mount count file %s is damaged: its pending %.40r is not %s" % (
+            path, state.get("pending"), " or ".join(map(str, _PENDING[1:])))
     return state, None
 
 
@@ -918,7 +926,13 @@ class Driver(object):
         Make the volume available on its first mount and return the absolute
         path that containers get. Default: :meth:`mountpoint`.
     ``detach(name, options, mountpoint)``
-        After its last unmount. Default: nothing.
+        After its last unmount. Default: nothing. When it raises (``umount:
+        target is busy``), the unmount stands all the same, as the engine
+        believes it: the detach is pending, logged at WARNING, and tried again
+        at the volume's next mount (which uses the storage as it is if it is
+        still attached), at its removal (refused until it succeeds), at the
+        next start and every ``detach_retry_interval`` seconds. ``mountpoint``
+        is None when a crash came during ``attach``: undo whatever it made.
     ``destroy(name, options)``
         Delete the storage; never called while the volume is mounted. Must
         succeed for storage that is half made or already gone.
@@ -956,6 +970,8 @@ class Driver(object):
     """
 
     options = {}  # type: Dict[str, Callable[[str], Any]]
+    #: Seconds between tries of a detach that failed.
+    detach_retry_interval = 30.0
     secret_words = ("password", "secret", "token", "key")
     scope = "local"
     name_pattern = _VOLUME_NAME
@@ -986,6 +1002,8 @@ class Driver(object):
         self._volumes = {}  # type: Dict[str, Dict[str, Any]]
         self._parsed_options = {}  # type: Dict[str, Tuple[Dict[str, Any], Dict[str, Any]]]
         self._mounts = {}  # type: Dict[str, Dict[str, Any]]
+        self._closing = threading.Event()
+        self._retrier = None  # type: Optional[threading.Thread]  # tries pending detaches
         # Shared: one lock for all nodes, and one holder at a time in this
         # process (a flock belongs to the open file, not to a thread).
         self._shared_mutex = threading.Lock()
@@ -1003,6 +1021,7 @@ class Driver(object):
 
     def close(self) -> None:
         """Release the lock on the state; tidy ``run_dir`` if no mount is left."""
+        self._closing.set()
         if self._shared_fd >= 0:
             os.close(self._shared_fd)
             self._shared_fd = -1
@@ -1088,11 +1107,17 @@ class Driver(object):
     def remove(self, name: str) -> None:
         with self._volume_lock(name):
             record = self._intact_record(name, "remove")
-            mounts = self._mounts.get(name, {}).get("mounts")
-            if mounts:
+            state = self._mounts.get(name) or _NO_MOUNTS
+            if state["mounts"]:
                 # Never the mount IDs: whoever can call Unmount could release them.
                 raise PluginError("volume %r is in use: mounted %d time(s)"
-                                  % (name, sum(mounts.values())))
+                                  % (name, sum(state["mounts"].values())))
+            if state["pending"] and not self._detach_again(
+                    name, self._parsed(name, record), state):
+                # destroy() never runs under attached storage.
+                raise PluginError("volume %r is still attached: detaching it after its last "
+                                  "unmount failed, and is tried again every %gs (see the "
+                                  "plugin's log)" % (name, self.detach_retry_interval))
             nodes = self._nodes_mounting(name)
             if nodes:
                 raise PluginError("volume %r is in use: mounted on node %s"
@@ -1108,25 +1133,35 @@ class Driver(object):
     def mount(self, name: str, mount_id: str) -> str:
         with self._volume_lock(name):
             record = self._intact_record(name, "mount")
-            state = self._mounts.get(name) or {"mounts": {}, "mountpoint": None}
-            mounts = dict(state["mounts"])
-            path = state["mountpoint"]
-            first = not mounts
+            options = self._parsed(name, record)
+            state = self._mounts.get(name) or _NO_MOUNTS
+            if state["pending"] == "detach" and self._detach_again(name, options, state):
+                state = _NO_MOUNTS
+            mounts, path = dict(state["mounts"]), state["mountpoint"]
+            # Still attached when its detach failed: used as it is.
+            first = not mounts and state["pending"] != "detach"
             if first:
-                path = self.attach(name, self._parsed(name, record))
+                # Recorded first: storage that a crash in attach() leaves is
+                # detached at the next start, never forgotten.
+                self._write_mounts(name, dict(_NO_MOUNTS, pending="attach"))
+                try:
+                    path = self.attach(name, options)
+                except BaseException:
+                    self._write_mounts(name, _NO_MOUNTS)
+                    raise
             mounts[mount_id] = mounts.get(mount_id, 0) + 1  # docker cp reuses an ID
             try:
-                self._write_mounts(name, {"mounts": mounts, "mountpoint": path})
+                self._write_mounts(name, {"mounts": mounts, "mountpoint": path, "pending": None})
             except BaseException:
                 if first:
-                    self.detach(name, self._parsed(name, record), path)
+                    self.detach(name, options, path)
                 raise
             return path
 
     def unmount(self, name: str, mount_id: str) -> None:
         with self._volume_lock(name):
             record = self._record(name)
-            state = self._mounts.get(name) or {"mounts": {}, "mountpoint": None}
+            state = self._mounts.get(name) or _NO_MOUNTS
             mounts = dict(state["mounts"])
             count = mounts.pop(mount_id, 0)
             if count == 0:
@@ -1136,22 +1171,26 @@ class Driver(object):
                 return
             if count > 1:
                 mounts[mount_id] = count - 1
-            self._write_mounts(name, {"mounts": mounts, "mountpoint": state["mountpoint"]})
-            if not mounts:  # recorded first: a crash never leaves a phantom mount
-                try:
-                    self.detach(name, self._parsed(name, record), state["mountpoint"])
-                except BaseException:
-                    self._write_mounts(name, state)
-                    raise
+            # The engine has forgotten this mount whatever comes next: its
+            # count goes. After the last, the detach is recorded as pending
+            # first, so that neither a crash nor a failure in it strands the
+            # storage attached and forgotten.
+            self._write_mounts(name, {"mounts": mounts, "mountpoint": state["mountpoint"],
+                                      "pending": None if mounts else "detach"})
+            if not mounts:
+                self._detach_again(name, self._parsed(name, record), self._mounts[name],
+                                   retry=False)
 
     def get(self, name: str) -> "Optional[Dict[str, Any]]":
         record = self._lookup(name)
         if record is None:
             return None
         options = self._parsed(name, record)
-        state = self._mounts.get(name) or {"mounts": {}, "mountpoint": None}
+        state = self._mounts.get(name) or _NO_MOUNTS
         status = {"options": self.redact(record["options"]),
                   "mounts": sum(state["mounts"].values())}  # type: Dict[str, Any]
+        if state["pending"]:
+            status["detach pending"] = True
         path = state["mountpoint"]
         try:
             status.update(self.status(name, options))
@@ -1349,9 +1388,9 @@ class Driver(object):
 
     def _write_mounts(self, name: str, state: "Dict[str, Any]") -> None:
         path = os.path.join(self.run_dir, name + ".json")
-        if state["mounts"]:
+        if state["mounts"] or state["pending"]:
             data = _encode_json({"boot_id": self._boot_id, "mounts": state["mounts"],
-                                 "mountpoint": state["mountpoint"]})
+                                 "mountpoint": state["mountpoint"], "pending": state["pending"]})
             _write_file_atomically(path, data, 0o600, durable=False)
             self._set(self._mounts, name, state)
         else:
@@ -1360,6 +1399,46 @@ class Driver(object):
             except FileNotFoundError:
                 pass
             self._set(self._mounts, name, None)
+
+    def _detach_again(self, name: str, options: "Dict[str, Any]", state: "Dict[str, Any]",
+                      retry: bool = True) -> bool:
+        """Detach storage whose detach is pending; True once it is detached.
+
+        Called with the volume's lock held; a failure is logged, and tried
+        again every ``detach_retry_interval`` seconds.
+        """
+        try:
+            self.detach(name, options, state["mountpoint"])
+        except Exception as exc:
+            log.warning("volume %r: detaching it %s failed: %s; trying again at its next mount "
+                        "or removal and every %gs", name, "again" if retry else
+                        "after its last unmount", _error_text(exc), self.detach_retry_interval)
+            self._write_mounts(name, dict(state, pending="detach"))
+            with self._tables_lock:
+                if self._retrier is None:
+                    self._retrier = threading.Thread(target=self._retry_detaches,
+                                                     name="docker-volume-plugin-detach")
+                    self._retrier.daemon = True
+                    self._retrier.start()
+            return False
+        if retry:
+            log.info("volume %r: detached at last", name)
+        self._write_mounts(name, _NO_MOUNTS)
+        return True
+
+    def _retry_detaches(self) -> None:
+        while not self._closing.wait(self.detach_retry_interval):
+            with self._tables_lock:
+                pending = [name for name, state in self._mounts.items()
+                           if state["pending"] == "detach"]
+                if not pending:
+                    self._retrier = None
+                    return
+            for name in pending:
+                with self._volume_lock(name):
+                    state, record = self._mounts.get(name), self._lookup(name)
+                    if state is not None and state["pending"] == "detach" and record is not None:
+                        self._detach_again(name, self._parsed(name, record), state)
 
     def _start(self) -> None:
         """Load the records and finish, or undo, what a crash cut short."""
@@ -1401,11 +1480,19 @@ class Driver(object):
                 log.error("volume %r: %s; it is listed, but not mounted or removed until "
                           "repaired", name, damage)
                 volumes[name] = dict(volumes[name], damage=damage)
-            elif name in volumes and state.get("boot_id") == self._boot_id and state["mounts"]:
-                mounts[name] = {"mounts": state["mounts"], "mountpoint": state.get("mountpoint")}
+            elif name in volumes and state.get("boot_id") == self._boot_id and (
+                    state["mounts"] or state.get("pending")):
+                mounts[name] = {"mounts": state["mounts"], "mountpoint": state.get("mountpoint"),
+                                "pending": state.get("pending")}
             else:  # a reboot (no container survived it) or a volume since removed
                 _unlink_quietly(os.path.join(self.run_dir, entry))
         self._mounts = mounts
+        for name, state in sorted(mounts.items()):
+            if state["pending"]:  # a crash during attach or detach, or a detach that failed
+                log.warning("volume %r: its %s was cut short or failed; detaching it", name,
+                            "attach" if state["pending"] == "attach" else "detach")
+                self._detach_again(name, self._parsed(name, volumes[name]),
+                                   dict(state, pending="detach"))
 
     def _upgrade(self) -> None:
         """Convert state of an earlier version; nothing by default."""
@@ -1422,7 +1509,8 @@ class Driver(object):
             path = os.path.join(nodes_dir, node, name + ".json")
             if os.path.realpath(os.path.dirname(path)) != self.run_dir and os.path.exists(path):
                 try:
-                    if _read_json(path, "mount count file").get("mounts"):
+                    counts = _read_json(path, "mount count file")
+                    if counts.get("mounts") or counts.get("pending"):
                         nodes.append(node)
                 except (OSError, ValueError):
                     nodes.append(node)  # unreadable: take it as mounted
@@ -1571,7 +1659,8 @@ class DirectoryDriver(Driver):
                       "options": entry.get("options") or {}, "created_at": entry.get("created_at")}
             self._write_record(name, record)
             if same_boot and entry.get("mounts"):
-                self._write_mounts(name, {"mounts": entry["mounts"], "mountpoint": self._path(name)})
+                self._write_mounts(name, {"mounts": entry["mounts"], "mountpoint": self._path(name),
+                                          "pending": None})
         os.rename(old, old + ".converted")
         _unlink_quietly(os.path.join(self.root, _V1_LOCK_FILE))
         log.info("converted %d volume(s) from %s (kept as %s.converted)",
@@ -4037,18 +4126,21 @@ def _mounts_command(args: "Any") -> int:
         run_dir = _default_run_dir(state_dir)
     if not os.path.isdir(state_dir):
         raise _UsageError("no volume state in %s" % state_dir)
-    mounts = {}
+    mounts, pending = {}, set()
     for entry in sorted(os.listdir(state_dir)):
         if entry.endswith(".json"):
             name = entry[:-len(".json")]
             path = os.path.join(run_dir, entry)
-            mounts[name] = _read_json(path, "mount count file").get("mounts", {}) \
-                if os.path.exists(path) else {}
+            state = _read_json(path, "mount count file") if os.path.exists(path) else {}
+            mounts[name] = state.get("mounts") or {}
+            if state.get("pending"):
+                pending.add(name)
     if not args.release:
         sys.stdout.write("%-40s %6s  %s\n" % ("VOLUME", "MOUNTS", "MOUNT IDS"))
         for name, counts in mounts.items():
             sys.stdout.write("%-40s %6d  %s\n" % (name, sum(counts.values()), " ".join(
-                "%s(%d)" % item for item in sorted(counts.items()))))
+                ["%s(%d)" % item for item in sorted(counts.items())] +
+                (["(detach pending)"] if name in pending else []))))
         return 0
     name = args.release
     if name not in mounts:

@@ -2582,6 +2582,143 @@ while True:
 SEED = int(os.environ.get("DVP_TEST_SEED", "20261128"))
 
 
+ATTACHING_DRIVER = '''
+import os, signal
+import docker_volume_plugin as dvp
+
+
+class Attaching(dvp.Driver):
+    """Storage that is "attached" while MARKS/NAME exists, as a mount would be.
+    Its detach fails while busy; with crash=attach or crash=detach the plugin
+    is killed (SIGKILL) in the middle of that hook."""
+
+    detach_retry_interval = 0.05
+
+    def __init__(self, state_dir, marks, crash=""):
+        self.marks, self.crash, self.busy, self.attached = marks, crash, False, 0
+        dvp.Driver.__init__(self, state_dir)
+
+    def attach(self, name, options):
+        self.attached += 1
+        path = os.path.join(self.marks, name)
+        os.makedirs(path, exist_ok=True)
+        if self.crash == "attach":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return path
+
+    def detach(self, name, options, mountpoint):
+        if self.busy:
+            raise dvp.PluginError("umount: %s: target is busy" % mountpoint)
+        if self.crash == "detach":
+            os.kill(os.getpid(), signal.SIGKILL)
+        path = mountpoint or os.path.join(self.marks, name)  # None: a crash in attach
+        if os.path.isdir(path):
+            os.rmdir(path)
+'''
+
+
+class DetachTests(QuietLogs, unittest.TestCase):
+    """A mounting driver's detach that fails, or that a crash cuts short."""
+
+    def setUp(self):
+        super(DetachTests, self).setUp()
+        self.base = temp_dir(self)
+        self.state, self.marks = os.path.join(self.base, "state"), os.path.join(self.base, "marks")
+        namespace = {}
+        exec(ATTACHING_DRIVER, namespace)
+        self.Attaching = namespace["Attaching"]
+
+    def open(self):
+        driver = self.Attaching(self.state, self.marks)
+        self.addCleanup(driver.close)
+        return driver
+
+    def attached(self):
+        return os.path.isdir(os.path.join(self.marks, "v"))
+
+    def wait_until_detached(self, seconds=5.0):
+        deadline = time.time() + seconds
+        while self.attached() and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertFalse(self.attached())
+
+    def test_an_unmount_whose_detach_fails_is_final_and_the_detach_tried_again(self):
+        driver = self.open()
+        driver.create("v", {})
+        driver.busy = True  # a process still has a file open under the mount
+        driver.mount("v", MOUNT_ID)
+        driver.unmount("v", MOUNT_ID)  # the engine has forgotten the mount: no error
+        status = driver.get("v")["Status"]
+        self.assertEqual((status["mounts"], status["detach pending"]), (0, True))
+        code, out, _ = run_main(self, "mounts", "--state-dir", driver.state_dir,
+                                "--run-dir", driver.run_dir)
+        self.assertRegex(out, r"\nv +0  \(detach pending\)\n")
+        with self.assertRaisesRegex(dvp.PluginError, "still attached"):
+            driver.remove("v")
+        self.assertTrue(self.attached())  # never destroyed under attached storage
+        self.assertEqual(driver.mount("v", "b" * 64), os.path.join(self.marks, "v"))
+        self.assertEqual(driver.attached, 1)  # still attached: used as it is
+        driver.unmount("v", "b" * 64)
+        driver.busy = False  # the holder is gone: the timer detaches it, nobody asks
+        self.wait_until_detached()
+        self.assertNotIn("detach pending", driver.get("v")["Status"])
+        driver.remove("v")
+        self.assertIsNone(driver.get("v"))
+
+    def test_a_pending_detach_is_done_at_the_next_start_or_removal(self):
+        driver = self.open()
+        driver.create("v", {})
+        driver.busy = True
+        driver.mount("v", MOUNT_ID)
+        driver.unmount("v", MOUNT_ID)
+        driver.close()  # the plugin stops (or is upgraded) with the detach pending
+        self.assertTrue(self.attached())
+        driver = self.open()
+        self.assertFalse(self.attached())  # detached at start
+        self.assertNotIn("detach pending", driver.get("v")["Status"])
+        driver.busy = True
+        driver.detach_retry_interval = 3600.0
+        driver.mount("v", MOUNT_ID)
+        driver.unmount("v", MOUNT_ID)
+        driver.busy = False
+        driver.remove("v")  # detached by the removal itself
+        self.assertFalse(self.attached())
+
+    def test_kill_9_in_attach_or_detach_leaves_nothing_attached_and_forgotten(self):
+        module = os.path.join(self.base, "attaching.py")
+        with open(module, "w") as f:
+            f.write(ATTACHING_DRIVER)
+        sock = os.path.join(self.base, "p.sock")
+
+        def start(crash):
+            args = [sys.executable, MODULE, "serve", *QUICK_STOP, "--socket", sock, "--driver",
+                    module + ":Attaching", "--driver-opt", "state_dir=" + self.state,
+                    "--driver-opt", "marks=" + self.marks, "--driver-opt", "crash=" + crash]
+            proc = _spawn(self, args, stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=HERE))
+            _wait_for_socket(sock, proc)
+            return proc
+
+        for point in ("attach", "detach"):
+            with self.subTest(point):
+                proc = start(point)
+                with dvp.PluginClient(sock) as client:
+                    client.create("v")
+                    if point == "detach":
+                        client.mount("v", MOUNT_ID)
+                    with self.assertRaises(dvp.PluginCallError):  # killed under the call
+                        (client.mount if point == "attach" else client.unmount)("v", MOUNT_ID)
+                self.assertEqual(proc.wait(10), -signal.SIGKILL)
+                self.assertTrue(self.attached())
+                os.unlink(sock)
+                proc = start("")
+                self.assertFalse(self.attached())  # undone at start
+                with dvp.PluginClient(sock) as client:
+                    self.assertEqual(client.get("v")["Status"], {"options": {}, "mounts": 0})
+                    client.remove("v")
+                proc.terminate()
+                self.assertEqual(proc.wait(10), 0)
+
+
 class KillTests(QuietLogs, unittest.TestCase):
     """SIGKILL in the middle of bursts of calls, after a number of answered
     calls chosen from SEED; then every answer the client got must hold."""
@@ -3733,6 +3870,35 @@ class EngineTests(unittest.TestCase):
         with open(image, "rb") as f:
             self.assertEqual(f.read(), before)  # neither deleted nor reformatted
         self.assertEqual(self.listed(name), [])
+
+    def test_a_busy_umount_is_retried_and_the_volume_removed_once_the_holder_is_gone(self):
+        """The engine forgets a mount whose Unmount failed: the count stayed,
+        and the volume was "in use" until someone ran ``mounts --release``."""
+        root = os.path.join(self.base, "quota")
+        name, _, _ = self.start_plugin(extra=[
+            "--driver", os.path.join(HERE, "examples", "quota.py") + ":QuotaVolumes",
+            "--driver-opt", "root=" + root])
+        self.docker("volume", "create", "-d", name, "-o", "size=16M", "db")
+        container = name + "-c"
+        self.run_container(name, "-d", "--name", container, "-v", "db:/data", IMAGE, "sleep", "300")
+        mountpoint = os.path.join(root, "mnt", "db")
+        self.assertTrue(os.path.ismount(mountpoint))
+        holder = subprocess.Popen(["sleep", "300"], cwd=mountpoint)  # umount: target is busy
+        self.addCleanup(holder.kill)
+        self.docker("rm", "-f", container)
+        self.assertTrue(os.path.ismount(mountpoint))
+        self.assertEqual(self.inspect("db")["Status"]["mounts"], 0)  # as the engine believes
+        self.assertTrue(self.inspect("db")["Status"]["detach pending"])
+        refused = self.docker("volume", "rm", "db", check=False)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("still attached", refused.stderr)
+        holder.kill()
+        holder.wait()
+        self.docker("volume", "rm", "db")  # no manual step
+        self.assertFalse(os.path.ismount(mountpoint))
+        self.assertEqual(os.listdir(os.path.join(root, "images")), [])
+        with open(self.plugin_log) as log_file:
+            self.assertIn("detaching it after its last unmount failed: umount failed", log_file.read())
 
     def test_readme_driver_served_with_driver_option(self):
         module = os.path.join(self.base, "memory.py")

@@ -46,6 +46,7 @@ class QuotaVolumes(dvp.Driver):
         return path
 
     def detach(self, name, options, mountpoint):
+        mountpoint = mountpoint or os.path.join(self.mounts, name)  # None: a crash in attach
         if os.path.ismount(mountpoint):
             _run("umount", mountpoint)
 
