@@ -481,8 +481,10 @@ class Plugin(object):
     have ``create(name, options)``, ``remove(name)``, ``mount(name, mount_id)``
     returning an absolute path, ``unmount(name, mount_id)``, ``get(name)``
     returning a volume mapping or None, and ``list()``. It may have
-    ``path(name)`` (default: the ``Mountpoint`` from ``get``) and
-    ``capabilities()`` (default: ``{"Scope": "local"}``).
+    ``path(name)`` (default: the ``Mountpoint`` from ``get``),
+    ``capabilities()`` (default: ``{"Scope": "local"}``) and ``start()``,
+    called here, before any call is served (:class:`Driver` loads its state
+    in it).
 
     Serve more beside it without editing this file::
 
@@ -526,10 +528,12 @@ class Plugin(object):
         required method: better now than at the engine's first call.
         """
         missing = [m for m in _REQUIRED_METHODS if not callable(getattr(driver, m, None))]
-        missing += [m for m in ("path", "capabilities")
+        missing += [m for m in ("path", "capabilities", "start")
                     if getattr(driver, m, None) is not None and not callable(getattr(driver, m))]
         if missing:
             raise TypeError("volume driver %r lacks method(s): %s" % (driver, ", ".join(missing)))
+        if callable(getattr(driver, "start", None)):
+            driver.start()
         self.driver = driver
         for path, method, read_only in _VOLUME_ROUTES:
             self.add_route(path, getattr(self, method), read_only)
@@ -1008,16 +1012,36 @@ class Driver(object):
         # process (a flock belongs to the open file, not to a thread).
         self._shared_mutex = threading.Lock()
         self._shared_fd = -1
+        self._start_lock = threading.Lock()
+        self._started = False
         try:
             if self.shared:
                 self._shared_fd = os.open(os.path.join(self.state_dir, _SHARED_LOCK),
                                           os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                                           0o600)
-            with self._shared_lock():
-                self._start()
         except BaseException:
             self.close()
             raise
+
+    def start(self) -> None:
+        """Load the records and finish, or undo, what a crash cut short.
+
+        Done once, after the subclass's own ``__init__`` (the hooks it runs,
+        ``destroy`` and ``detach``, find their attributes): :class:`Plugin`,
+        and so every server and :func:`serve`, calls it before the first
+        call, and the first call does if nobody did. A state it cannot read
+        raises (ValueError, OSError) and closes the driver.
+        """
+        with self._start_lock:
+            if self._started:
+                return
+            try:
+                with self._shared_lock():
+                    self._start()
+            except BaseException:
+                self.close()
+                raise
+            self._started = True
 
     def close(self) -> None:
         """Release the lock on the state; tidy ``run_dir`` if no mount is left."""
@@ -1276,6 +1300,8 @@ class Driver(object):
                 table[name] = value
 
     def _snapshot(self) -> "List[Tuple[str, Dict[str, Any]]]":
+        if not self._started:
+            self.start()
         if self.shared:
             names = sorted(e[:-len(".json")] for e in os.listdir(self.state_dir)
                            if e.endswith(".json"))
@@ -1291,6 +1317,8 @@ class Driver(object):
         Create would refuse is no volume, and never part of a path."""
         if not self._is_volume_name(name):
             return None
+        if not self._started:
+            self.start()
         if not self.shared:
             return self._volumes.get(name)
         try:
@@ -1340,6 +1368,8 @@ class Driver(object):
 
     @contextlib.contextmanager
     def _volume_lock(self, name: str) -> "Iterator[None]":
+        if not self._started:
+            self.start()  # before any lock: start() takes the shared one
         with self._locks_lock:
             entry = self._volume_locks.get(name)
             if entry is None:

@@ -1404,7 +1404,7 @@ class FileSystemHardeningTests(QuietLogs, unittest.TestCase):
         os.rename(state, os.path.join(self.dir, "v.json"))
         os.symlink(os.path.join(self.dir, "v.json"), state)
         with self.assertRaises(OSError):  # a state file that is a link: not read
-            dvp.DirectoryDriver(root)
+            dvp.DirectoryDriver(root).start()
 
     def test_socket_directory_created_private_whatever_the_umask(self):
         sock = os.path.join(self.dir, "new", "plugins", "p.sock")
@@ -1802,6 +1802,7 @@ class DirectoryDriverTests(QuietLogs, unittest.TestCase):
     def open(self):
         driver = dvp.DirectoryDriver(self.root)
         self.addCleanup(driver.close)
+        driver.start()  # as a server does before serving
         return driver
 
     def reopen(self):
@@ -1959,7 +1960,7 @@ class DirectoryDriverTests(QuietLogs, unittest.TestCase):
         with open(os.path.join(self.root, ".docker-volume-plugin", "v.json"), "w") as f:
             f.write('{"version": 2, "opti')
         with self.assertRaises(ValueError) as caught:
-            dvp.DirectoryDriver(self.root)
+            dvp.DirectoryDriver(self.root).start()
         self.assertIn("damaged", str(caught.exception))
 
     def test_symlink_never_leads_outside_the_root(self):
@@ -2098,6 +2099,7 @@ class StateTests(QuietLogs, unittest.TestCase):
     def open(self, root=None):
         driver = dvp.DirectoryDriver(root or self.root)
         self.addCleanup(driver.close)
+        driver.start()
         return driver
 
     def make_v1_root(self, boot_id):
@@ -2146,7 +2148,7 @@ class StateTests(QuietLogs, unittest.TestCase):
         with open(path, "w") as f:
             json.dump(state, f)
         with self.assertRaises(ValueError) as caught:
-            dvp.DirectoryDriver(self.root)
+            dvp.DirectoryDriver(self.root).start()
         self.assertIn("damaged entry '../evil'", str(caught.exception))
         self.assertTrue(os.path.exists(path))  # still there, whole, for the operator
 
@@ -2183,7 +2185,7 @@ class StateTests(QuietLogs, unittest.TestCase):
                 self.edit_json(record, lambda r: r.pop(field) if value is None
                                else r.__setitem__(field, value))
                 with self.assertRaisesRegex(ValueError, "v.json has version .* not starting"):
-                    dvp.DirectoryDriver(root)
+                    dvp.DirectoryDriver(root).start()
                 self.assertTrue(os.path.exists(os.path.join(root, "v", "data")))
                 self.assertTrue(os.path.exists(record))
 
@@ -2243,7 +2245,7 @@ class StateTests(QuietLogs, unittest.TestCase):
         with open(record, "w") as f:
             f.write("[" * 100000)
         with self.assertRaisesRegex(ValueError, "v.json is damaged \\(nested too deeply\\)"):
-            dvp.DirectoryDriver(self.root)
+            dvp.DirectoryDriver(self.root).start()
 
     def test_shared_state_answers_a_volume_whose_record_another_node_damaged(self):
         driver = dvp.DirectoryDriver(self.root, shared=True)
@@ -2631,6 +2633,7 @@ class DetachTests(QuietLogs, unittest.TestCase):
     def open(self):
         driver = self.Attaching(self.state, self.marks)
         self.addCleanup(driver.close)
+        driver.start()
         return driver
 
     def attached(self):
@@ -2683,6 +2686,26 @@ class DetachTests(QuietLogs, unittest.TestCase):
         driver.busy = False
         driver.remove("v")  # detached by the removal itself
         self.assertFalse(self.attached())
+
+    def test_a_subclass_may_call_the_base_first_and_recovery_uses_its_attributes(self):
+        class BaseFirst(dvp.Driver):  # as most Python code is written
+            def __init__(self, state_dir, bin_dir):
+                dvp.Driver.__init__(self, state_dir)
+                self.bin_dir = bin_dir
+
+            def destroy(self, name, options):
+                os.rmdir(os.path.join(self.bin_dir, name))
+        bin_dir = os.path.join(self.base, "bin")
+        os.makedirs(os.path.join(bin_dir, "half"))
+        os.makedirs(self.state)  # a create that a crash cut short
+        with open(os.path.join(self.state, "half.json"), "w") as f:
+            json.dump({"version": 2, "phase": "creating", "options": {}, "created_at": None}, f)
+        driver = BaseFirst(self.state, bin_dir)
+        self.addCleanup(driver.close)
+        self.assertTrue(os.path.isdir(os.path.join(bin_dir, "half")))  # nothing done yet
+        dvp.Plugin(driver)  # what every server does before it serves
+        self.assertFalse(os.path.isdir(os.path.join(bin_dir, "half")))
+        self.assertIsNone(driver.get("half"))
 
     def test_kill_9_in_attach_or_detach_leaves_nothing_attached_and_forgotten(self):
         module = os.path.join(self.base, "attaching.py")
