@@ -3796,6 +3796,7 @@ def _print_check(results: "List[Dict[str, Any]]", as_json: bool) -> int:
 _LOG_LEVEL_VARIABLE = "DVP_LOG_LEVEL"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _PROG = "docker_volume_plugin"  # main() names itself as it was called, where it can
+_DEFAULT_ROOT = "/var/lib/docker-volumes"
 
 
 class _UsageError(Exception):
@@ -3920,9 +3921,9 @@ def _build_parser() -> "Any":
                               type=_plugin_name,
                               help="plugin name, as in `docker volume create -d NAME` "
                                    "(default: %(default)s)")
-    serve_parser.add_argument("--root", default="/var/lib/docker-volumes",
+    serve_parser.add_argument("--root",
                               help="directory that holds the volumes (built-in driver; "
-                                   "default: %(default)s)")
+                                   "default: %s)" % _DEFAULT_ROOT)
     serve_parser.add_argument("--run-dir", metavar="DIR",
                               help="where the built-in driver keeps its mount counts (default: "
                                    "a directory of its own under /run)")
@@ -3974,7 +3975,7 @@ def _build_parser() -> "Any":
                     "Refused while Docker has a running container using the volume; where "
                     "Docker cannot be asked (Podman, another host), only with --force.")
     state = mounts_parser.add_mutually_exclusive_group()
-    state.add_argument("--root", default="/var/lib/docker-volumes",
+    state.add_argument("--root", default=_DEFAULT_ROOT,
                        help="the built-in driver's root (default: %(default)s)")
     state.add_argument("--state-dir", help="the state_dir of a Driver subclass")
     mounts_parser.add_argument("--run-dir", metavar="DIR",
@@ -4262,15 +4263,23 @@ def main(argv: "Optional[List[str]]" = None) -> int:
         if args.tcp is not None:
             _refuse_plain_tcp(args.tcp, tls_context, args.insecure_tcp)
         if args.driver:
-            if args.run_dir:
-                raise _UsageError("--run-dir is the built-in driver's; give your driver its "
-                                  "own with --driver-opt")
+            for flag, value in (("--run-dir", args.run_dir), ("--root", args.root)):
+                if value:
+                    raise _UsageError("%s is the built-in driver's; give your driver its own "
+                                      "with --driver-opt" % flag)
             driver = _load_driver(args.driver, _key_values(args.driver_opt, "--driver-opt"))
+            if args.scope == "global" and isinstance(driver, Driver) and not driver.shared:
+                raise _UsageError(
+                    "--scope global: %s keeps its state per node, and every node would count "
+                    "its own mounts of storage they all share. Give the class scope = "
+                    "'global' (or pass it shared=True), which shares its state too"
+                    % type(driver).__name__)
         else:
             if args.driver_opt:
                 raise _UsageError("--driver-opt goes with --driver")
             # Global: the root is shared by every node, and so is the state.
-            driver = DirectoryDriver(args.root, args.run_dir, shared=args.scope == "global")
+            driver = DirectoryDriver(args.root or _DEFAULT_ROOT, args.run_dir,
+                                     shared=args.scope == "global")
         serve(driver, name=args.name, socket_path=args.socket, tcp_address=args.tcp,
               spec_dir=args.spec_dir, group=args.group, tls_context=tls_context,
               spec_tls=spec_tls, insecure_tcp=args.insecure_tcp, scope=args.scope,

@@ -4386,6 +4386,31 @@ class PluginConfigTests(unittest.TestCase):
         self.assertEqual([e["value"] for e in config["env"] if e["name"] == "DVP_LOG_LEVEL"],
                          ["DEBUG"])
 
+    def test_serve_options_that_cannot_apply_to_a_driver_are_refused(self):
+        base = temp_dir(self)
+        module = os.path.join(base, "perhost.py")
+        with open(module, "w") as f:
+            f.write("import docker_volume_plugin as dvp\n"
+                    "class PerHost(dvp.Driver):\n"
+                    "    def __init__(self, state_dir):\n"
+                    "        dvp.Driver.__init__(self, state_dir)\n"
+                    "class Shared(PerHost):\n"
+                    "    scope = 'global'\n")
+        state = "state_dir=" + os.path.join(base, "state")
+        for args, message in (
+                (["--driver", module + ":PerHost", "--driver-opt", state, "--root", "/srv/x"],
+                 "--root is the built-in driver's"),
+                (["--driver", module + ":PerHost", "--driver-opt", state, "--scope", "global"],
+                 "PerHost keeps its state per node")):
+            code, _, stderr = run_main(self, "serve", "--socket", os.path.join(base, "p.sock"),
+                                       *args)
+            self.assertEqual(code, 2, args)
+            self.assertIn(message, stderr)
+        self.assertFalse(os.path.exists("/srv/x"))
+        with self.assertRaisesRegex(AssertionError, "went on to serve"):  # accepted: shared state
+            run_main(self, "serve", "--socket", os.path.join(base, "p.sock"), "--driver",
+                     module + ":Shared", "--driver-opt", state, "--scope", "global")
+
     def test_what_docker_plugin_set_could_not_carry_is_refused(self):
         for args, message in ((["--driver-opt", "x=1"], "--driver-opt goes with --driver"),
                               (["--driver", "/p/d.py:D", "--driver-opt", "x=a b"], "splits"),
