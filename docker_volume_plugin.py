@@ -65,7 +65,7 @@ __all__ = [  # what README's Reference section lists, and nothing else
     "Plugin", "PluginRequestHandler", "UnixPluginServer", "TCPPluginServer", "serve",
     "server_tls_context", "write_spec_file", "write_json_spec_file",
     "PLUGIN_SOCKET_DIR", "PLUGIN_SPEC_DIR",
-    "Driver", "DirectoryDriver", "uint_option", "mode_option", "size_option",
+    "Driver", "DirectoryDriver", "Option", "uint_option", "mode_option", "size_option",
     "PluginClient", "PluginCallError", "find_plugin", "PluginLookup", "check_plugin", "main",
 ]
 
@@ -774,6 +774,24 @@ def size_option(value: str) -> int:
     return int(match.group(1)) << (10 * " KMGT".index(match.group(2).upper() or " "))
 
 
+class Option(object):
+    """An entry of :attr:`Driver.options` with more than a parser.
+
+    ``Option(size_option, required=True)`` refuses a create without it;
+    ``Option(str, default="ext4")`` gives it that value when it is not given.
+    The values a volume was created with, defaults included, are recorded
+    with it (so ``inspect`` shows them, and a default changed later never
+    changes an existing volume). Called, it parses like its ``parser``.
+    """
+
+    def __init__(self, parser: "Callable[[str], Any]" = str, default: "Optional[str]" = None,
+                 required: bool = False) -> None:
+        self.parser, self.default, self.required = parser, default, required
+
+    def __call__(self, value: str) -> "Any":
+        return self.parser(value)
+
+
 def _format_options(options: "Dict[str, str]") -> str:
     return ", ".join("%s=%s" % item for item in sorted(options.items())) or "(none)"
 
@@ -948,8 +966,9 @@ class Driver(object):
     Class attributes that may be overridden: ``options`` maps each accepted
     option to a parser, which takes the string and returns the value or raises
     ValueError saying what is expected (:func:`uint_option`,
-    :func:`mode_option`, :func:`size_option`, or ``str``); an option not listed
-    is refused. ``secret_words``: an option whose name contains one is a secret,
+    :func:`mode_option`, :func:`size_option`, or ``str``), or to an
+    :class:`Option` with a default or required; an option not listed is
+    refused. ``run(*argv)`` runs a program, its stderr the error. ``secret_words``: an option whose name contains one is a secret,
     never shown or logged. ``scope``: ``"local"``, or ``"global"`` for storage
     every node sees. ``name_pattern`` and ``max_name_length``: the names accepted.
 
@@ -1095,6 +1114,7 @@ class Driver(object):
 
     def create(self, name: str, options: "Dict[str, str]") -> None:
         self.check_name(name)
+        options = self.complete_options(options)
         parsed = self.parse_options(options)
         with self._volume_lock(name):
             existing = self._lookup(name)
@@ -1253,6 +1273,19 @@ class Driver(object):
                 "invalid volume name %r: use 1-%d letters, digits, '_', '.' or '-', starting "
                 "with a letter or digit" % (name[:self.max_name_length + 20], self.max_name_length))
 
+    def complete_options(self, options: "Dict[str, str]") -> "Dict[str, str]":
+        """``options`` with the declared defaults added; a clear PluginError
+        for a required one that is missing. What a new volume records."""
+        completed = dict(options)
+        for key, declared in sorted(self.options.items()):
+            if key in completed or not isinstance(declared, Option):
+                continue
+            if declared.required:
+                raise PluginError("option %s is required (-o %s=...)" % (key, key))
+            if declared.default is not None:
+                completed[key] = declared.default
+        return completed
+
     def parse_options(self, options: "Dict[str, str]") -> "Dict[str, Any]":
         """The options' values, parsed; a clear PluginError for a bad one."""
         unknown = sorted(set(options) - set(self.options))
@@ -1278,6 +1311,25 @@ class Driver(object):
 
     def format_options(self, options: "Dict[str, str]") -> str:
         return _format_options(self.redact(options))
+
+    @staticmethod
+    def run(*argv: str, timeout: "Optional[float]" = 60.0) -> str:
+        """Run a program and return its output; a PluginError with its own
+        message (its stderr) when it fails, is missing or takes too long."""
+        import subprocess  # only drivers that call programs need it
+        try:
+            result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL, timeout=timeout,
+                                    universal_newlines=True)
+        except FileNotFoundError:
+            raise PluginError("%s: no such program (in a managed plugin: is it in its root "
+                              "file system?)" % argv[0])
+        except subprocess.TimeoutExpired as exc:
+            raise PluginError("%s took over %gs; stopped" % (argv[0], exc.timeout))
+        if result.returncode != 0:
+            raise PluginError("%s failed: %s" % (argv[0], result.stderr.strip() or
+                                                 "exit status %d" % result.returncode))
+        return result.stdout
 
     def volumes(self) -> "Dict[str, Dict[str, Any]]":
         """Every volume: name -> {"options", "created_at", "mounts": {id: count}}."""

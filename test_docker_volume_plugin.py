@@ -2382,6 +2382,37 @@ class StateTests(QuietLogs, unittest.TestCase):
             lines = [l for l in source if l.strip() and not l.strip().startswith("#")]
         self.assertLess(len(lines), 70)
 
+    def test_options_with_a_default_or_required_are_recorded_with_the_volume(self):
+        class Images(dvp.Driver):
+            options = {"size": dvp.Option(dvp.size_option, required=True),
+                       "fs": dvp.Option(str, default="ext4"), "label": str}
+        state = os.path.join(self.base, "state")
+        driver = Images(state)
+        with self.assertRaisesRegex(dvp.PluginError, "option size is required"):
+            driver.create("a", {"label": "x"})
+        driver.create("a", {"size": "1M"})
+        self.assertEqual(driver.get("a")["Status"]["options"], {"size": "1M", "fs": "ext4"})
+        driver.create("a", {"size": "1M"})  # the engine's retry: the same volume
+        with self.assertRaisesRegex(dvp.PluginError, "must be a size"):
+            driver.create("b", {"size": "lots"})
+        driver.close()
+        Images.options = dict(Images.options, fs=dvp.Option(str, default="xfs"))  # a later version
+        driver = Images(state)
+        self.addCleanup(driver.close)
+        self.assertEqual(driver.get("a")["Status"]["options"]["fs"], "ext4")  # as it was made
+        self.assertEqual(driver._parsed("a", driver._lookup("a")), {"size": 1 << 20, "fs": "ext4"})
+
+    def test_run_gives_the_programs_own_message(self):
+        self.assertEqual(dvp.Driver.run("sh", "-c", "echo hi"), "hi\n")
+        for argv, kwargs, message in (
+                (("sh", "-c", "echo 'mount: wrong fs type' >&2; exit 32"), {},
+                 "^sh failed: mount: wrong fs type$"),
+                (("sh", "-c", "exit 3"), {}, "^sh failed: exit status 3$"),
+                (("dvp-no-such-program",), {}, "dvp-no-such-program: no such program"),
+                (("sleep", "5"), {"timeout": 0.1}, "sleep took over 0.1s")):
+            with self.assertRaisesRegex(dvp.PluginError, message):
+                dvp.Driver.run(*argv, **kwargs)
+
     def test_a_refused_create_leaves_storage_it_did_not_make_as_it_was(self):
         sys.path.insert(0, os.path.join(HERE, "examples"))
         self.addCleanup(sys.path.remove, os.path.join(HERE, "examples"))

@@ -9,7 +9,6 @@ the storage. Needs root, mkfs.ext4 and loop devices.
 """
 
 import os
-import subprocess
 
 import docker_volume_plugin as dvp
 
@@ -17,7 +16,7 @@ import docker_volume_plugin as dvp
 class QuotaVolumes(dvp.Driver):
     """Each volume is ``IMAGES/NAME.ext4`` of ``size`` bytes, mounted on ``MOUNTS/NAME``."""
 
-    options = {"size": dvp.size_option}
+    options = {"size": dvp.Option(dvp.size_option, required=True)}
     smallest = 8 << 20
 
     def __init__(self, root="/var/lib/quota-volumes"):
@@ -31,24 +30,23 @@ class QuotaVolumes(dvp.Driver):
         return os.path.lexists(self._image(name))
 
     def provision(self, name, options):
-        size = options.get("size")
-        if size is None or size < self.smallest:
-            raise dvp.PluginError("option size is required, at least 8M, e.g. -o size=1G")
+        if options["size"] < self.smallest:
+            raise dvp.PluginError("option size must be at least 8M, e.g. -o size=1G")
         with open(self._image(name), "xb") as image:  # never over an image that is there
-            image.truncate(size)  # sparse: blocks are taken as they are written
-        _run("mkfs.ext4", "-q", "-F", "-m", "0", self._image(name))
+            image.truncate(options["size"])  # sparse: blocks are taken as they are written
+        self.run("mkfs.ext4", "-q", "-F", "-m", "0", self._image(name))
 
     def attach(self, name, options):
         path = os.path.join(self.mounts, name)
         os.makedirs(path, mode=0o755, exist_ok=True)
         if not os.path.ismount(path):  # already mounted if a crash came before the count
-            _run("mount", "-o", "loop", self._image(name), path)
+            self.run("mount", "-o", "loop", self._image(name), path)
         return path
 
     def detach(self, name, options, mountpoint):
         mountpoint = mountpoint or os.path.join(self.mounts, name)  # None: a crash in attach
         if os.path.ismount(mountpoint):
-            _run("umount", mountpoint)
+            self.run("umount", mountpoint)
 
     def destroy(self, name, options):
         self.detach(name, options, os.path.join(self.mounts, name))
@@ -63,10 +61,3 @@ class QuotaVolumes(dvp.Driver):
 
     def _image(self, name):
         return os.path.join(self.images, name + ".ext4")
-
-
-def _run(*argv):
-    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            universal_newlines=True)
-    if result.returncode != 0:
-        raise dvp.PluginError("%s failed: %s" % (argv[0], result.stderr.strip()))
