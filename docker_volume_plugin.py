@@ -3273,6 +3273,29 @@ def _connect_problem(address: str) -> "Optional[str]":
     return None
 
 
+def _serving_pids(path: str) -> "List[int]":
+    """The processes that hold the listening Unix socket ``path`` open: the
+    plugin (and under socket activation systemd, whose pid SO_PEERCRED gives)."""
+    inodes = set()
+    try:
+        with open("/proc/net/unix") as table:
+            for line in table.read().splitlines()[1:]:
+                fields = line.split(None, 7)  # Num RefCount Protocol Flags Type St Inode Path
+                if len(fields) == 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+                    inodes.add("socket:[%s]" % fields[6])  # __SO_ACCEPTCON: listening
+        pids = []
+        for pid in (entry for entry in os.listdir("/proc") if entry.isdigit()):
+            try:
+                fds = os.listdir("/proc/%s/fd" % pid)
+                if any(os.readlink("/proc/%s/fd/%s" % (pid, fd)) in inodes for fd in fds):
+                    pids.append(int(pid))
+            except OSError:  # gone, or not ours to look at
+                continue
+    except OSError:
+        return []
+    return [pid for pid in pids if pid != 1] or pids
+
+
 def _created_at_problem(value: "Any") -> "Optional[str]":
     if value is None or (isinstance(value, str) and format_rfc3339(value) is not None):
         return None
@@ -3302,10 +3325,15 @@ class _Checker(object):
         #: Mountpoints are host paths we can look at only on this host, and
         #: not for a managed plugin: its paths are inside its own root.
         self.local = False
+        #: The plugin's processes, whose mount namespaces Mountpoints are
+        #: looked at in too (a Unix socket on this host only).
+        self.plugin_pids = []  # type: List[int]
         if not address.startswith("https://"):
             family, where = _split_address(address)
             self.local = (not _MANAGED_SOCKET.match(where) if family == socket.AF_UNIX
                           else _is_loopback(where[0]))
+            if self.local and family == socket.AF_UNIX:
+                self.plugin_pids = _serving_pids(os.path.realpath(where))
         self.prefix = "dvp-check-%s" % os.urandom(6).hex()
         self.a, self.b, self.unknown = (self.prefix + "-a", self.prefix + "-b",
                                         self.prefix + "-never-created")
@@ -3517,6 +3545,7 @@ class _Checker(object):
                       "runtime cannot bind-mount it and the container fails" % path)
         else:
             self.rule("mount", True, "same ID twice and a second ID: %s" % path)
+            self.mount_namespace(path)
             reply, err = self.call("VolumeDriver.Path", {"Name": name})
             self.rule("path", err is None and reply.get("Mountpoint") == path,
                       "agrees with Mount" if err is None and reply.get("Mountpoint") == path
@@ -3537,6 +3566,7 @@ class _Checker(object):
         )
         unmount_error, counting = None, None  # type: Optional[str], Optional[str]
         while_mounted = self.mountpoints(name)
+        attached = isinstance(path, str) and self.is_mount_point(path)
         for mount_id, mistake in steps:
             reply, err = self.call("VolumeDriver.Unmount", {"Name": name, "ID": mount_id},
                                    expect_error=mount_id == never)
@@ -3562,6 +3592,37 @@ class _Checker(object):
         self.rule("unmount", unmount_error is None, "each Mount undone" if unmount_error is None
                   else "%s: the engine logs it, keeps the mount ID and reuses it next time"
                   % unmount_error)
+        if unmount_error is None and attached:
+            detached = not self.is_mount_point(path)
+            self.rule("detach", detached, "%s, a mount point while mounted, is none after the "
+                      "last Unmount" % path if detached else "%s is still a mount point after "
+                      "the last Unmount: the driver never detaches, and leaks its storage (a "
+                      "loop device, a connection) for every volume ever mounted" % path)
+
+    def mount_namespace(self, path: str) -> None:
+        """The Mountpoint must be the same file system where the engine looks
+        (this host's mount namespace) as in the plugin's own."""
+        if not self.plugin_pids:
+            self.rule("mount-namespace", "skip", "the plugin's process is not on this host, "
+                      "or not ours to look at")
+            return
+        ours = os.stat(path).st_dev
+        for pid in self.plugin_pids:
+            try:
+                theirs = os.stat("/proc/%d/root%s" % (pid, path)).st_dev
+            except OSError:
+                continue
+            if theirs != ours:
+                self.rule("mount-namespace", False, "%s is another file system in the plugin's "
+                          "mount namespace (process %d) than in this host's: the engine never "
+                          "sees the plugin's mounts, and containers write to the disk beneath. "
+                          "Under systemd, drop ProtectSystem, PrivateTmp, ProtectHome, "
+                          "ProtectKernelTunables, ProtectKernelModules, ProtectKernelLogs, "
+                          "ProtectControlGroups, PrivateMounts and ReadWritePaths: each gives "
+                          "the service a mount namespace of its own" % (path, pid))
+                return
+        self.rule("mount-namespace", True, "%s is the same file system in the plugin's mount "
+                  "namespace as in this host's" % path)
 
     def lock(self) -> None:
         """A slow Mount of one volume must not hold up a Get of another."""
@@ -3569,8 +3630,8 @@ class _Checker(object):
             self.rule("lock", "skip", "needs the second scratch volume, which was not created")
             return
         if self.mount_seconds < _LOCK_PROBE_MIN_SECONDS:
-            self.rule("lock", True, "Mount takes %.0f ms: too quick to hold up other calls"
-                      % (self.mount_seconds * 1000))
+            self.rule("lock", "skip", "Mount takes %.0f ms, too quick to tell whether it holds "
+                      "a lock that other volumes' calls wait for" % (self.mount_seconds * 1000))
             return
         mount_id, done = _random_id(), []  # type: str, List[Any]
         with self.new_client() as client:
@@ -3764,6 +3825,11 @@ class _Checker(object):
         if err is not None or not wrong:
             return err
         return "List %s %s" % ("lacks" if wanted else "still has", ", ".join(wrong))
+
+    def is_mount_point(self, path: str) -> bool:
+        """Whether ``path`` is a mount point here or in the plugin's namespace."""
+        views = [path] + ["/proc/%d/root%s" % (pid, path) for pid in self.plugin_pids]
+        return self.local and any(os.path.ismount(view) for view in views)
 
     def mountpoints(self, name: str) -> "Tuple[Any, Any]":
         """What Get and Path say of ``name``'s mountpoint."""

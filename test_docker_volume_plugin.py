@@ -3218,7 +3218,7 @@ class CheckerTests(QuietLogs, unittest.TestCase):
                                 universal_newlines=True, timeout=60)
         self.assertEqual(result.returncode, 1)
         self.assertIn("FAIL path:", result.stdout)
-        self.assertRegex(result.stdout, r"\n\d+ passed, 1 failed, 1 skipped, 1 warned\n$")
+        self.assertRegex(result.stdout, r"\n\d+ passed, 1 failed, 2 skipped, 1 warned\n$")
         self.assertIn("SKIP bad-option: no --bad-opt given", result.stdout)
         self.assertIn("WARN unsafe-names: Create accepted", result.stdout)
 
@@ -3253,6 +3253,73 @@ class IgnoresIDOnUnmount(CheckableDriver):
     def unmount(self, name, mount_id):
         counts = self.mounts.get(name) or {"none": 1}
         CheckableDriver.unmount(self, name, list(counts)[-1])
+
+
+TMPFS_DRIVER = '''
+import os
+import docker_volume_plugin as dvp
+
+
+class Tmpfs(dvp.Driver):
+    """Each volume a tmpfs, mounted on its first use; with forget=yes never unmounted."""
+
+    def __init__(self, state_dir, mounts, forget="no"):
+        self.mounts, self.forget = mounts, forget == "yes"
+        dvp.Driver.__init__(self, state_dir)
+
+    def attach(self, name, options):
+        path = os.path.join(self.mounts, name)
+        os.makedirs(path, exist_ok=True)
+        if not os.path.ismount(path):
+            self.run("mount", "-t", "tmpfs", "-o", "size=1m", "dvp-test", path)
+        return path
+
+    def detach(self, name, options, mountpoint):
+        mountpoint = mountpoint or os.path.join(self.mounts, name)
+        if not self.forget and os.path.ismount(mountpoint):
+            self.run("umount", mountpoint)
+'''
+
+
+@unittest.skipUnless(os.geteuid() == 0 and shutil.which("unshare"), "needs root and unshare")
+class CheckMountsTests(QuietLogs, unittest.TestCase):
+    """check judges a mounting driver's mounts as the engine sees them."""
+
+    def check(self, prefix=(), forget="no"):
+        base = temp_dir(self)
+        module, sock = os.path.join(base, "tmpfs.py"), os.path.join(base, "p.sock")
+        with open(module, "w") as f:
+            f.write(TMPFS_DRIVER)
+        mounts = os.path.join(base, "mnt")
+        proc = _spawn(self, list(prefix) + [
+            sys.executable, MODULE, "serve", *QUICK_STOP, "--socket", sock, "--driver",
+            module + ":Tmpfs", "--driver-opt", "state_dir=" + os.path.join(base, "state"),
+            "--driver-opt", "mounts=" + mounts, "--driver-opt", "forget=" + forget],
+            stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=HERE))
+        _wait_for_socket(sock, proc)
+        self.addCleanup(lambda: [subprocess.run(["umount", "-R", os.path.join(mounts, m)],
+                                                stderr=subprocess.DEVNULL)
+                                 for m in (os.listdir(mounts) if os.path.isdir(mounts) else ())])
+        return {r["rule"]: r for r in dvp.check_plugin(sock)}
+
+    def test_a_plugin_whose_mounts_the_engine_sees_passes(self):
+        results = self.check()
+        self.assertEqual([r["detail"] for r in results.values() if not r["passed"]], [])
+        self.assertEqual(results["mount-namespace"]["status"], "pass")
+        self.assertEqual(results["detach"]["status"], "pass")
+
+    def test_a_plugin_in_a_mount_namespace_of_its_own_fails(self):
+        # What systemd's ProtectSystem (and the others) do to a service.
+        results = self.check(prefix=["unshare", "--mount", "--propagation", "private"])
+        self.assertEqual(results["mount-namespace"]["status"], "fail")
+        self.assertIn("another file system in the plugin's mount namespace",
+                      results["mount-namespace"]["detail"])
+        self.assertIn("ProtectSystem", results["mount-namespace"]["detail"])
+
+    def test_a_driver_that_never_detaches_fails(self):
+        results = self.check(forget="yes")
+        self.assertEqual(results["detach"]["status"], "fail")
+        self.assertIn("never detaches", results["detach"]["detail"])
 
 
 class MountCountingTests(QuietLogs, unittest.TestCase):
