@@ -805,10 +805,10 @@ def _boot_id() -> "Optional[str]":
 
 
 def _private_directory(path: str, what: str) -> str:
-    """Make ``path`` (0700) if it is missing and return it resolved, once: a
-    link in it cannot be turned elsewhere later. One that another user could
-    write is refused: the plugin runs as root, and they could plant links
-    where it writes."""
+    """Make ``path`` 0700 (made if it is missing, tightened if it is not) and
+    return it resolved, once: a link in it cannot be turned elsewhere later.
+    One that another user could write is refused: the plugin runs as root,
+    and they could plant links where it writes."""
     _make_directories(os.path.abspath(path), 0o700)
     real = os.path.realpath(path)
     unsafe = _unsafe_directory(real)
@@ -816,6 +816,12 @@ def _private_directory(path: str, what: str) -> str:
         raise PermissionError(errno.EPERM, "refusing to keep %s in %s: %s. The plugin runs as "
                               "root; give it a directory no other user can write"
                               % (what, real, unsafe))
+    if stat.S_IMODE(os.stat(real).st_mode) & 0o077:
+        log.info("%s: taking away other users' access to the %s", real, what)
+        try:
+            os.chmod(real, 0o700)
+        except OSError as exc:
+            log.warning("cannot make %s private: %s", real, exc.strerror)
     return real
 
 
@@ -1651,12 +1657,6 @@ class DirectoryDriver(Driver):
     def __init__(self, root: str, run_dir: "Optional[str]" = None,
                  shared: "Optional[bool]" = None) -> None:
         self.root = _private_directory(root, "volumes")
-        if stat.S_IMODE(os.stat(self.root).st_mode) & 0o077:
-            log.info("%s: taking away other users' access to the volumes", self.root)
-            try:
-                os.chmod(self.root, 0o700)
-            except OSError as exc:
-                log.warning("cannot make %s private: %s", self.root, exc.strerror)
         Driver.__init__(self, os.path.join(self.root, _STATE_DIR), run_dir, shared)
 
     def exists(self, name: str, options: "Dict[str, Any]") -> bool:
@@ -2496,6 +2496,10 @@ def server_tls_context(cert: str, key: str, ca: "Optional[str]" = None) -> "Any"
     else:  # Python 3.6
         context.options |= ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1
     context.load_cert_chain(cert, key)
+    mode = stat.S_IMODE(os.stat(key).st_mode)
+    if mode & 0o077:
+        log.warning("TLS key %s can be read by other users (mode %04o): whoever reads it can "
+                    "pose as the plugin; chmod 600 it", key, mode)
     if ca:
         context.load_verify_locations(ca)
         context.verify_mode = ssl.CERT_REQUIRED

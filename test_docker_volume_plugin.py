@@ -1210,6 +1210,18 @@ class TLSTests(QuietLogs, unittest.TestCase):
         self.addCleanup(client.close)
         return client
 
+    def test_a_key_file_others_can_read_is_warned_about(self):
+        key = os.path.join(temp_dir(self), "plugin.key")
+        shutil.copy(self.certs["plugin-key"], key)
+        os.chmod(key, 0o600)
+        with self.assertRaises(AssertionError):  # nothing logged
+            with self.assertLogs("docker_volume_plugin", logging.WARNING):
+                dvp.server_tls_context(self.certs["plugin"], key)
+        os.chmod(key, 0o644)
+        with self.assertLogs("docker_volume_plugin", logging.WARNING) as logs:
+            dvp.server_tls_context(self.certs["plugin"], key)
+        self.assertIn("can be read by other users (mode 0644)", logs.output[0])
+
     def test_the_json_spec_makes_the_engine_verify_and_authenticate(self):
         self.assertEqual(os.listdir(self.specs), ["tlsp.json"])
         with open(os.path.join(self.specs, "tlsp.json")) as f:
@@ -1372,9 +1384,13 @@ class FileSystemHardeningTests(QuietLogs, unittest.TestCase):
         root = os.path.join(self.dir, "root")
         os.mkdir(root, 0o711)
         os.chmod(root, 0o711)  # what earlier versions made: data readable by name
+        state = os.path.join(root, ".docker-volume-plugin")
+        os.mkdir(state)
+        os.chmod(state, 0o755)  # made by hand, or by a umask of 022
         driver = dvp.DirectoryDriver(root)
         self.addCleanup(driver.close)
         self.assertEqual(stat.S_IMODE(os.stat(root).st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(os.stat(state).st_mode), 0o700)
         lock = os.path.join(driver.run_dir, "lock")
         self.assertEqual(stat.S_IMODE(os.stat(lock).st_mode), 0o600)
         driver.create("v", {"mode": "0777"})
