@@ -3559,7 +3559,9 @@ class _Checker(object):
         # that releases it early is named by the step that does.
         steps = (
             (first, "Unmount of ID 1 (mounted twice) released the volume while ID 1 and ID 2 "
-                    "still hold it: the driver keeps one mounted flag per volume"),
+                    "still hold it: the driver releases a volume at its first Unmount, whatever "
+                    "holds it still (one mounted flag per volume, or an Unmount that clears "
+                    "every mount ID)"),
             (second, "after Mount(ID 1) twice, Mount(ID 2), Unmount(ID 1), Unmount(ID 2) the "
                      "volume was released though ID 1 still holds it: the driver counts mount "
                      "IDs as a set, not per ID, so `docker cp` into a running container "

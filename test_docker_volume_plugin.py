@@ -3359,12 +3359,23 @@ class MountCountingTests(QuietLogs, unittest.TestCase):
             self.assertIn(mistake, result["detail"], driver_class)
             self.assertIn("A running container loses its data", result["detail"])
 
-    def test_one_flag_per_volume_is_named(self):
-        class Flag(CheckableDriver):
+    def test_a_release_at_the_first_unmount_is_named(self):
+        class ClearsAll(CheckableDriver):  # counts per ID, then releases every ID at once
             def unmount(self, name, mount_id):
                 self.mounts[name] = {}
-        result = self.check(Flag(temp_dir(self)))
-        self.assertIn("one mounted flag per volume", result["detail"])
+
+        class Flag(CheckableDriver):  # one flag per volume
+            def mount(self, name, mount_id):
+                return CheckableDriver.mount(self, name, "flag") if not self.mounts.get(name) \
+                    else self.volumes[name]["Mountpoint"]
+
+            def unmount(self, name, mount_id):
+                self.mounts[name] = {}
+        for driver_class in (ClearsAll, Flag):  # alike to the engine: both named
+            detail = self.check(driver_class(temp_dir(self)))["detail"]
+            self.assertIn("releases a volume at its first Unmount", detail)
+            self.assertIn("an Unmount that clears every mount ID", detail)
+            self.assertIn("one mounted flag per volume", detail)
 
     def test_correct_drivers_pass(self):
         driver = dvp.DirectoryDriver(temp_dir(self))
