@@ -3343,7 +3343,7 @@ class _Checker(object):
                                         self.prefix + "-never-created")
         self.created = []  # type: List[str]
         self.mounted = []  # type: List[Tuple[str, str]]
-        self.mount_seconds = 0.0
+        self.mount_seconds = self.create_seconds = 0.0
         #: (method, engine, status, raw reply, seconds, expected to fail)
         self.calls = []  # type: List[Tuple[str, str, int, bytes, float, bool]]
         self.results = []  # type: List[Dict[str, Any]]
@@ -3440,7 +3440,9 @@ class _Checker(object):
 
     def create(self) -> bool:
         opts = self.options or None  # docker run -v sends null
+        started = _monotonic()
         reply, err = self.call("VolumeDriver.Create", {"Name": self.a, "Opts": opts})
+        self.create_seconds = _monotonic() - started
         if self.rule("create", err is None, "Docker's request, Opts %s: %s" % (
                 _format_options(opts or {}), "ok" if err is None else
                 "%s: `docker volume create` fails" % err)):
@@ -3631,42 +3633,53 @@ class _Checker(object):
                   "namespace as in this host's" % path)
 
     def lock(self) -> None:
-        """A slow Mount of one volume must not hold up a Get of another."""
+        """A slow Mount or Create of one volume must not hold up a Get of another."""
         if self.b not in self.created:
             self.rule("lock", "skip", "needs the second scratch volume, which was not created")
             return
-        if self.mount_seconds < _LOCK_PROBE_MIN_SECONDS:
-            self.rule("lock", "skip", "Mount takes %.0f ms, too quick to tell whether it holds "
-                      "a lock that other volumes' calls wait for" % (self.mount_seconds * 1000))
+        mount_id, new = _random_id(), self.prefix + "-c"
+        probes = [(method, payload, seconds) for method, payload, seconds in (
+            ("Mount", {"Name": self.b, "ID": mount_id}, self.mount_seconds),
+            ("Create", {"Name": new, "Opts": self.options or None}, self.create_seconds))
+            if seconds >= _LOCK_PROBE_MIN_SECONDS]
+        if not probes:
+            self.rule("lock", "skip", "Mount takes %.0f ms and Create %.0f ms, too quick to tell "
+                      "whether they hold a lock that other volumes' calls wait for"
+                      % (self.mount_seconds * 1000, self.create_seconds * 1000))
             return
-        mount_id, done = _random_id(), []  # type: str, List[Any]
         with self.new_client() as client:
             started = _monotonic()
             self.call("VolumeDriver.Get", {"Name": self.a}, client)
             alone = _monotonic() - started
+        for method, payload, slow_seconds in probes:
+            done = []  # type: List[Any]
 
-        def mount() -> None:
+            def slow_call() -> None:
+                with self.new_client() as client:
+                    done.append(self.call("VolumeDriver." + method, payload, client))
+            thread = threading.Thread(target=slow_call)
+            thread.start()
+            time.sleep(slow_seconds * 0.2)  # the slow call is under way
+            started = _monotonic()
             with self.new_client() as client:
-                done.append(self.call("VolumeDriver.Mount", {"Name": self.b, "ID": mount_id},
-                                      client))
-        thread = threading.Thread(target=mount)
-        thread.start()
-        time.sleep(self.mount_seconds * 0.2)  # the Mount is under way
-        started = _monotonic()
-        with self.new_client() as client:
-            self.call("VolumeDriver.Get", {"Name": self.a}, client)
-        get_seconds = _monotonic() - started
-        thread.join()
-        if done and done[0][1] is None:
-            self.mounted.append((self.b, mount_id))
-        self.unmount_all()
-        waited = get_seconds >= self.mount_seconds * 0.5 and get_seconds > alone * 3 + 0.02
-        self.rule("lock", not waited, "a Get of %r took %.3fs while a Mount of %r was under way"
-                  % (self.a, get_seconds, self.b) if not waited else
-                  "a Get of %r waited %.2fs, until a Mount of %r finished: the driver holds one "
-                  "lock for all volumes across slow work, so every engine call (Docker's Get "
-                  "before each command, Podman's 5 s deadline) waits behind every Mount; lock "
-                  "per volume" % (self.a, get_seconds, self.b))
+                self.call("VolumeDriver.Get", {"Name": self.a}, client)
+            get_seconds = _monotonic() - started
+            thread.join()
+            if done and done[0][1] is None:
+                if method == "Mount":
+                    self.mounted.append((self.b, mount_id))
+                else:
+                    self.created.append(new)
+            self.unmount_all()
+            if get_seconds >= slow_seconds * 0.5 and get_seconds > alone * 3 + 0.02:
+                self.rule("lock", False, "a Get of %r waited %.2fs, until a %s of %r finished: "
+                          "the driver holds one lock for all volumes across slow work, so every "
+                          "engine call (Docker's Get before each command, Podman's 5 s "
+                          "deadline) waits behind every %s; lock per volume"
+                          % (self.a, get_seconds, method, payload["Name"], method))
+                return
+        self.rule("lock", True, "a Get of %r was not held up while %s of another volume was "
+                  "under way" % (self.a, " or ".join(p[0] for p in probes)))
 
     def podman(self) -> None:
         """Volume ``b`` through Podman's commands: a connection and Activate for each."""

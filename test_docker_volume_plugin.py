@@ -3190,6 +3190,21 @@ class CheckerTests(QuietLogs, unittest.TestCase):
         self.driver.mount, self.driver.get = slow_mount, locked_get
         self.assert_fails("lock", "holds one lock for all volumes", self.check())
 
+    def test_global_lock_held_across_a_slow_create(self):
+        big_lock, real_get, real_create = threading.Lock(), self.driver.get, self.driver.create
+
+        def slow_create(name, options):
+            with big_lock:
+                time.sleep(0.08)
+                return real_create(name, options)
+
+        def locked_get(name):
+            with big_lock:
+                return real_get(name)
+        self.driver.create, self.driver.get = slow_create, locked_get
+        self.assert_fails("lock", "until a Create of", self.check())
+        self.assertEqual(list(self.driver.volumes), [])  # the probe's volume removed too
+
     def test_slow_call(self):
         real_create = self.driver.create
 
