@@ -4304,9 +4304,16 @@ def _mounts_command(args: "Any") -> int:
             if state.get("pending"):
                 pending.add(name)
     if not args.release:
-        sys.stdout.write("%-40s %6s  %s\n" % ("VOLUME", "MOUNTS", "MOUNT IDS"))
+        # Who holds a counted mount, as far as the local Docker can say: a
+        # mount no running container uses was left by a crash, or by a
+        # container that stopped while the plugin was down.
+        sys.stdout.write("%-40s %6s  %-24s %s\n" % ("VOLUME", "MOUNTS", "DOCKER'S CONTAINERS",
+                                                    "MOUNT IDS"))
         for name, counts in mounts.items():
-            sys.stdout.write("%-40s %6d  %s\n" % (name, sum(counts.values()), " ".join(
+            users = _containers_using(name) if counts else []
+            holders = ("-" if not counts else "cannot ask" if users is None else
+                       ",".join(users) if users else "none: stale?")
+            sys.stdout.write("%-40s %6d  %-24s %s\n" % (name, sum(counts.values()), holders, " ".join(
                 ["%s(%d)" % item for item in sorted(counts.items())] +
                 (["(detach pending)"] if name in pending else []))))
         return 0

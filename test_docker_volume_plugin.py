@@ -2355,13 +2355,13 @@ class StateTests(QuietLogs, unittest.TestCase):
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 status = dvp.main(["mounts", "--root", self.root] + list(args))
             return status, out.getvalue(), err.getvalue()
-        status, out, _ = run()
-        self.assertEqual(status, 0)
-        self.assertRegex(out, r"\nv\s+3\s+a{64}\(2\) b{64}\(1\)\n")
         os.environ["DOCKER_HOST"], previous = "unix://" + os.path.join(self.base, "none.sock"), \
             os.environ.get("DOCKER_HOST")
         self.addCleanup(lambda: os.environ.pop("DOCKER_HOST") if previous is None else
                         os.environ.__setitem__("DOCKER_HOST", previous))
+        status, out, _ = run()
+        self.assertEqual(status, 0)
+        self.assertRegex(out, r"\nv\s+3\s+cannot ask\s+a{64}\(2\) b{64}\(1\)\n")
         status, _, err = run("--release", "v", "--plugin", sock)
         self.assertEqual(status, 1)
         self.assertIn("cannot ask Docker whether a container uses volume v", err)
@@ -4104,7 +4104,7 @@ class EngineTests(unittest.TestCase):
         self.run_container(name, "-d", "--name", name + "-user", "-v", "held:/data", IMAGE, "sleep", "300")
         command = [sys.executable, MODULE, "mounts", "--root", root, "--plugin", name]
         shown = _command(command)
-        self.assertRegex(shown.stdout, r"\nheld\s+1\s+[0-9a-f]{64}\(1\)\n")
+        self.assertRegex(shown.stdout, r"\nheld\s+1\s+%s-user\s+[0-9a-f]{64}\(1\)\n" % name)
         refused = _command(command + ["--release", "held"], check=False)
         self.assertEqual(refused.returncode, 1)
         self.assertIn("Docker's running container(s) %s-user use volume held" % name, refused.stderr)
@@ -4116,6 +4116,25 @@ class EngineTests(unittest.TestCase):
         released = _command(command + ["--release", "held"])
         self.assertEqual(released.stdout, "released 1 mount(s) of volume held\n")
         self.docker("volume", "rm", "held")
+
+    def test_a_container_stopped_while_the_plugin_was_down_leaves_a_mount_shown_and_released(self):
+        name, root, proc = self.start_plugin()
+        self.docker("volume", "create", "-d", name, "kept")
+        self.run_container(name, "-d", "--name", name + "-c", "-v", "kept:/data", IMAGE, "sleep", "300")
+        proc.terminate()  # the plugin is down: an upgrade, a restart
+        proc.wait(15)
+        # Its Unmount fails: the engine retries for 15 s, logs "Failed to umount
+        # volumes" and moves on, and never sends it again.
+        self.docker("rm", "-f", name + "-c")
+        self.start_plugin(name=name, root=root)
+        self.assertEqual(self.inspect("kept")["Status"]["mounts"], 1)  # still counted
+        self.assertIn("in use", self.docker("volume", "rm", "kept", check=False).stderr)
+        command = [sys.executable, MODULE, "mounts", "--root", root, "--plugin", name]
+        shown = _command(command)
+        self.assertRegex(shown.stdout, r"\nkept\s+1\s+none: stale\?\s+[0-9a-f]{64}\(1\)\n")
+        released = _command(command + ["--release", "kept"])
+        self.assertEqual(released.stdout, "released 1 mount(s) of volume kept\n")
+        self.docker("volume", "rm", "kept")
 
     def test_socket_activated_plugin_is_started_by_the_engines_first_call(self):
         EngineTests.counter += 1
