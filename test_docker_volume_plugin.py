@@ -2702,7 +2702,7 @@ class DetachTests(QuietLogs, unittest.TestCase):
         self.assertEqual((status["mounts"], status["detach pending"]), (0, True))
         code, out, _ = run_main(self, "mounts", "--state-dir", driver.state_dir,
                                 "--run-dir", driver.run_dir)
-        self.assertRegex(out, r"\nv +0  \(detach pending\)\n")
+        self.assertRegex(out, r"\nv +0  - +\(detach pending\)\n")
         with self.assertRaisesRegex(dvp.PluginError, "still attached"):
             driver.remove("v")
         self.assertTrue(self.attached())  # never destroyed under attached storage
