@@ -3793,6 +3793,32 @@ def _command(argv, check=True, timeout=120, env=None):
     return result
 
 
+CRASHING_QUOTA = '''
+import os, signal, sys
+sys.path.insert(0, %r)
+import quota
+
+
+class CrashingQuota(quota.QuotaVolumes):
+    """examples/quota.py, killed (SIGKILL) inside attach or detach."""
+
+    def __init__(self, root, crash=""):
+        self.crash = crash
+        quota.QuotaVolumes.__init__(self, root)
+
+    def attach(self, name, options):
+        path = quota.QuotaVolumes.attach(self, name, options)
+        if self.crash == "attach":  # mounted, not yet counted
+            os.kill(os.getpid(), signal.SIGKILL)
+        return path
+
+    def detach(self, name, options, mountpoint):
+        if self.crash == "detach":  # the count gone, not yet unmounted
+            os.kill(os.getpid(), signal.SIGKILL)
+        quota.QuotaVolumes.detach(self, name, options, mountpoint)
+'''
+
+
 class EngineTests(unittest.TestCase):
     """Plugins started from the command line, driven through the docker CLI.
 
@@ -4062,6 +4088,35 @@ class EngineTests(unittest.TestCase):
         self.assertEqual(os.listdir(os.path.join(root, "images")), [])
         with open(self.plugin_log) as log_file:
             self.assertIn("detaching it after its last unmount failed: umount failed", log_file.read())
+
+    def test_kill_9_inside_attach_or_detach_of_a_loop_mount_is_undone_at_start(self):
+        """The loop driver killed at a chosen point: inside attach() once the
+        image is mounted, inside detach() before it is unmounted."""
+        module = os.path.join(self.base, "crashing.py")
+        with open(module, "w") as f:
+            f.write(CRASHING_QUOTA % os.path.join(HERE, "examples"))
+        root = os.path.join(self.base, "quota")
+        mountpoint = os.path.join(root, "mnt", "db")
+
+        def start(crash, name=None):
+            return self.start_plugin(name=name, extra=[
+                "--driver", module + ":CrashingQuota", "--driver-opt", "root=" + root,
+                "--driver-opt", "crash=" + crash])
+        for point in ("attach", "detach"):
+            with self.subTest(point):
+                name, _, proc = start(point)
+                self.docker("volume", "create", "-d", name, "-o", "size=16M", "db")
+                run = self.run_container(name, "--rm", "-v", "db:/data", IMAGE, "true", check=False)
+                self.assertEqual(proc.wait(30), -signal.SIGKILL, run.stderr)
+                self.assertTrue(os.path.ismount(mountpoint))  # attached when it died
+                os.unlink(os.path.join(dvp.PLUGIN_SOCKET_DIR, name + ".sock"))
+                restarted = start("", name)[2]
+                self.assertFalse(os.path.ismount(mountpoint))  # detached at start, no call needed
+                self.assertEqual(self.inspect("db")["Status"]["mounts"], 0)
+                self.docker("volume", "rm", "db")
+                self.assertEqual(os.listdir(os.path.join(root, "images")), [])
+                restarted.terminate()  # its lock on the root goes with it
+                self.assertEqual(restarted.wait(15), 0)
 
     def test_readme_driver_served_with_driver_option(self):
         module = os.path.join(self.base, "memory.py")
