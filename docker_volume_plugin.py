@@ -974,8 +974,9 @@ class Driver(object):
     ValueError saying what is expected (:func:`uint_option`,
     :func:`mode_option`, :func:`size_option`, or ``str``), or to an
     :class:`Option` with a default or required; an option not listed is
-    refused. ``run(*argv)`` runs a program, its stderr the error. ``secret_words``: an option whose name contains one is a secret,
-    never shown or logged. ``scope``: ``"local"``, or ``"global"`` for storage
+    refused. ``run(*argv)`` runs a program, its stderr the error.
+    ``secret_words``: an option whose name contains one is a secret, never
+    shown or logged. ``scope``: ``"local"``, or ``"global"`` for storage
     every node sees. ``name_pattern`` and ``max_name_length``: the names accepted.
 
     What it does for you: each volume is a record in ``state_dir``, one JSON
@@ -3975,7 +3976,7 @@ def _load_driver(spec: str, options: "Optional[Dict[str, str]]" = None) -> "Any"
         else:
             cwd = os.getcwd()
             if cwd not in sys.path and "" not in sys.path and _unsafe_directory(cwd) is None:
-                sys.path.insert(0, cwd)  # as `python -m` and gunicorn do; never one others can write
+                sys.path.insert(0, cwd)  # as `python -m` does; never a directory others write
             module = importlib.import_module(module_ref)
     except _UsageError:
         raise
@@ -4313,9 +4314,11 @@ def _mounts_command(args: "Any") -> int:
             users = _containers_using(name) if counts else []
             holders = ("-" if not counts else "cannot ask" if users is None else
                        ",".join(users) if users else "none: stale?")
-            sys.stdout.write("%-40s %6d  %-24s %s\n" % (name, sum(counts.values()), holders, " ".join(
-                ["%s(%d)" % item for item in sorted(counts.items())] +
-                (["(detach pending)"] if name in pending else []))))
+            ids = ["%s(%d)" % item for item in sorted(counts.items())]
+            if name in pending:
+                ids.append("(detach pending)")
+            sys.stdout.write("%-40s %6d  %-24s %s\n" % (name, sum(counts.values()), holders,
+                                                        " ".join(ids)))
         return 0
     name = args.release
     if name not in mounts:
