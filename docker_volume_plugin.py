@@ -2076,9 +2076,13 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         """Finish a TLS handshake within the request deadline; False if it failed.
 
         Done here, in the connection's thread, so that a client that never
-        finishes its handshake holds up nobody else.
+        finishes its handshake holds up nobody else. Not busy meanwhile: at
+        the connection limit, a handshake that has asked nothing yet is
+        closed to make room like an idle connection (anyone can open one
+        without a certificate).
         """
-        self._begin()
+        with self._clock:
+            self._deadline = _monotonic() + self.server.request_timeout
         try:
             self.connection.do_handshake()
             return True
@@ -2087,8 +2091,12 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
                 log.warning("TLS: %s did not finish its handshake within %gs",
                             self.address_string(), self.server.request_timeout)
             else:
-                log.warning("TLS handshake with %s failed: %s", self.address_string(),
-                            getattr(exc, "reason", None) or exc)
+                # A refused certificate is worth a warning; a connection that
+                # closed (or that we closed to make room) is not: a flood of
+                # them would flood the log.
+                closed = isinstance(exc, ssl.SSLEOFError) or not isinstance(exc, ssl.SSLError)
+                log.log(logging.DEBUG if closed else logging.WARNING, "TLS handshake with %s "
+                        "failed: %s", self.address_string(), getattr(exc, "reason", None) or exc)
         finally:
             self._end()
         return False
@@ -2134,6 +2142,8 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
 #: The limits a server takes by name.
 _LIMITS = ("max_connections", "max_body_memory", "small_body", "max_body_bytes", "max_chunk_line",
            "idle_timeout", "request_timeout", "drain_timeout", "poll_interval")
+#: Seconds between two warnings that a connection limit was reached.
+_LIMIT_LOG_INTERVAL = 10.0
 #: sockaddr_un.sun_path on Linux, in bytes; the engine refuses longer paths.
 _MAX_SOCKET_PATH_BYTES = 108
 
@@ -2200,50 +2210,64 @@ class _PluginServerMixin(_ServerBase):
         self.stopping = False
         self._thread = None  # type: Optional[threading.Thread]
         self._lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._lock)  # a connection ended
         self._handlers = set()  # type: set  # of PluginRequestHandler
         self._connections = 0
         self._body_memory = 0
         #: When serve_forever() last went round its loop.
         self.last_turn = _monotonic()
-        self._at_limit = False  # logged once each time a limit is reached
+        self._limit_logged = -_LIMIT_LOG_INTERVAL  # when a limit was last logged
 
     def get_request(self) -> "Any":
         """Accept a connection when there is room for it (socketserver hook)."""
         while not self._take_slot():
             if self.stopping:
                 raise OSError(errno.ESHUTDOWN, "stopping")
-            time.sleep(0.05)  # not a spin: at most 20 looks a second
+            self._make_room("%d connections open, the most allowed (max_connections)"
+                            % self.max_connections)
             self.service_actions()  # meanwhile, late connections are still cut off
         try:
             return super(_PluginServerMixin, self).get_request()
         except OSError as exc:
             self._free_slot()
             if exc.errno in (errno.EMFILE, errno.ENFILE):
-                # Out of descriptors: the socket stays readable, so without
-                # a pause the accept loop would spin.
-                log.warning("cannot accept a connection: %s", exc.strerror)
-                time.sleep(0.1)
+                # Out of descriptors below max_connections: the same remedy,
+                # and without it the still readable socket would spin.
+                self._make_room("cannot accept a connection: %s" % exc.strerror)
             raise
 
     def _take_slot(self) -> bool:
         with self._lock:
             if self._connections < self.max_connections:
                 self._connections += 1
-                self._at_limit = False
                 return True
-            idle = [h for h in self._handlers if not h.busy]
-            if not self._at_limit:
-                self._at_limit = True
-                log.warning("%d connections open, the most allowed (max_connections): %s",
-                            self._connections, "closing the longest idle" if idle else
+        return False
+
+    def _make_room(self, why: str) -> None:
+        """Close the longest-idle connection and wait until a connection ends.
+
+        Idle means waiting for a request, or for a TLS handshake to finish:
+        neither has asked anything yet. Woken as soon as a connection ends,
+        so a flood of idle connections queued ahead of the engine's is
+        closed at the pace they are accepted, not at one per turn; if every
+        connection is busy, this waits (at most 20 looks a second).
+        """
+        with self._lock:
+            idle = [handler for handler in self._handlers if not handler.busy]
+            now = _monotonic()
+            if now - self._limit_logged >= _LIMIT_LOG_INTERVAL:  # a flood logs no flood
+                self._limit_logged = now
+                log.warning("%s: %s", why, "closing the longest idle" if idle else
                             "new ones wait until one closes")
         if idle:
             min(idle, key=lambda handler: handler.idle_since).hang_up()  # its slot comes free
-        return False
+        with self._lock:
+            self._slot_freed.wait(0.05)
 
     def _free_slot(self) -> None:
         with self._lock:
             self._connections -= 1
+            self._slot_freed.notify_all()
 
     def add_handler(self, handler: "PluginRequestHandler") -> None:
         """A connection's handler begins: cut off when late, waited for by stop()."""
@@ -2296,6 +2320,11 @@ class _PluginServerMixin(_ServerBase):
         finally:
             self.shutdown_request(request)
             self._free_slot()
+
+    def turning(self) -> bool:
+        """Whether serve_forever() went round its loop lately, as it does at
+        least every ``poll_interval``: what the systemd watchdog is fed on."""
+        return _monotonic() - self.last_turn < 2 * self.poll_interval + 5.0
 
     def service_actions(self) -> None:
         """Called by serve_forever() at every turn (socketserver hook): the
@@ -2639,7 +2668,11 @@ def _systemd_sockets() -> "List[socket.socket]":
     """The listening sockets systemd passed us (sd_listen_fds(3)), or [].
 
     Honoured only when ``LISTEN_PID`` is this process; the variables are
-    removed either way, so a child never takes them for its own.
+    removed either way, so a child never takes them for its own. Checked
+    like any input: a descriptor that is not a listening stream socket (a
+    ``ListenDatagram=``, an unbound or connected socket, a file) raises
+    ValueError, since serving it would spin on an accept() that never
+    succeeds.
     """
     pid, count = os.environ.pop("LISTEN_PID", ""), os.environ.pop("LISTEN_FDS", "")
     os.environ.pop("LISTEN_FDNAMES", None)
@@ -2648,9 +2681,22 @@ def _systemd_sockets() -> "List[socket.socket]":
     sockets = []
     for fd in range(3, 3 + int(count)):  # SD_LISTEN_FDS_START
         os.set_inheritable(fd, False)
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, os.dup(fd))
-        family = probe.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_DOMAIN", 39))
-        probe.close()
+        try:  # ENOTSOCK for a file or a pipe, here or at the first getsockopt
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, os.dup(fd))
+            try:
+                family = probe.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_DOMAIN", 39))
+                kind = probe.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+                listening = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            finally:
+                probe.close()
+        except OSError as exc:
+            raise ValueError("socket activation: descriptor %d is not a socket (%s)"
+                             % (fd, exc.strerror))
+        if kind != socket.SOCK_STREAM or not listening or family not in (
+                socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
+            raise ValueError("socket activation: descriptor %d is not a listening stream "
+                             "socket (Unix or TCP); give the unit ListenStream=, not "
+                             "ListenDatagram= or Accept=yes" % fd)
         sockets.append(socket.socket(family, socket.SOCK_STREAM, 0, fd))
     log.info("socket activation: serving %d socket(s) systemd passed", len(sockets))
     return sockets
@@ -2658,6 +2704,12 @@ def _systemd_sockets() -> "List[socket.socket]":
 
 class _Systemd(object):
     """sd_notify(3): readiness, status and the watchdog; silent without systemd."""
+
+    #: Seconds between watchdog feeds, at least: half of ``WATCHDOG_USEC``,
+    #: but a value under a second (``WATCHDOG_USEC=1``) would have us send
+    #: thousands of datagrams a second; systemd's own minimum is 1 s in
+    #: practice.
+    min_watchdog_interval = 0.5
 
     def __init__(self) -> None:
         address = os.environ.get("NOTIFY_SOCKET", "")
@@ -2667,13 +2719,19 @@ class _Systemd(object):
         watchdog_pid = os.environ.get("WATCHDOG_PID")
         ours = watchdog_pid is None or watchdog_pid == str(os.getpid())
         self.interval = int(usec) / 2e6 if ours and _DIGITS.match(usec) and len(usec) < 16 else 0
+        if 0 < self.interval < self.min_watchdog_interval:
+            log.warning("WATCHDOG_USEC=%s is under %gs: feeding the watchdog every %gs instead",
+                        usec, 2 * self.min_watchdog_interval, self.min_watchdog_interval)
+            self.interval = self.min_watchdog_interval
         self._stop = threading.Event()
 
     def notify(self, message: str) -> None:
+        """Send ``message``; never waits (a full queue drops it, as sd_notify does)."""
         if not self.address:
             return
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
+            sock.setblocking(False)  # a reader that never reads must not hold up start or stop
             sock.sendto(message.encode("utf-8", "replace"), self.address)
         except OSError as exc:
             log.debug("sd_notify to %r failed: %s", self.address, exc)
@@ -2777,6 +2835,8 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
         if sock.family == socket.AF_UNIX:
             servers.append(UnixPluginServer(None, plugin, sock=sock, **limits))
         else:
+            # The same rule as for --tcp: systemd's ListenStream=8080 is 0.0.0.0.
+            _refuse_plain_tcp(sock.getsockname()[:2], tls_context, insecure_tcp)
             servers.append(TCPPluginServer(None, plugin, name=name, spec_dir=spec_dir, sock=sock,
                                            tls_context=tls_context, spec_tls=spec_tls, **limits))
     if not servers and tcp_address is not None:
@@ -2806,7 +2866,7 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
         description = _describe(plugin, servers)
         log.info("serving %s", description)
         systemd.notify("READY=1\nSTATUS=serving " + description)
-        systemd.start_watchdog(lambda: _monotonic() - server.last_turn < 5.0)
+        systemd.start_watchdog(server.turning)
         server.serve_forever(server.poll_interval)
     finally:
         systemd.notify("STOPPING=1")

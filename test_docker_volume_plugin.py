@@ -1088,6 +1088,88 @@ class SystemdTests(unittest.TestCase):
         systemd.start_watchdog(lambda: True)
         systemd.stop_watchdog()
 
+    def serve_on_descriptor(self, fd, *extra):
+        """``serve`` given ``fd`` as systemd's first socket; returns (exit status, stderr)."""
+        move = "" if fd == 3 else "exec 3<&%d %d<&-; " % (fd, fd)
+        result = subprocess.run(["sh", "-c", move + 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"', "sh",
+                                 sys.executable, MODULE, "serve", *QUICK_STOP, "--root", self.root,
+                                 *extra], pass_fds=[fd], stderr=subprocess.PIPE,
+                                universal_newlines=True, env=self.env, timeout=30)
+        return result.returncode, result.stderr
+
+    def test_only_listening_stream_sockets_are_taken_from_systemd(self):
+        """A datagram, unbound or connected socket, or a file, as LISTEN_FDS:
+        served, each made the accept loop spin at 100% CPU for ever."""
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        unbound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connected, _ = socket.socketpair()
+        plain = open(os.path.join(self.base, "file"), "w")
+        for each in (udp, unbound, connected, plain):
+            self.addCleanup(each.close)
+        for each, expected in ((udp, "is not a listening stream socket"),
+                               (unbound, "is not a listening stream socket"),
+                               (connected, "is not a listening stream socket"),
+                               (plain, "descriptor 3 is not a socket")):
+            with self.subTest(each):
+                status, err = self.serve_on_descriptor(each.fileno())
+                self.assertEqual(status, 1, err)
+                self.assertIn("error: socket activation: " + "descriptor 3 " * (each is not plain),
+                              err)
+                self.assertIn(expected, err)
+                self.assertNotIn("Traceback", err)
+
+    def test_a_plain_tcp_socket_from_systemd_is_held_to_the_tcp_rule(self):
+        """ListenStream=PORT is every address: it was served in plain text."""
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.bind(("0.0.0.0", 0))
+        listener.listen(4)
+        specs = temp_dir(self)
+        status, err = self.serve_on_descriptor(listener.fileno(), "--spec-dir", specs)
+        self.assertEqual(status, 1, err)
+        self.assertIn("refusing plain TCP on 0.0.0.0", err)
+        self.assertEqual(os.listdir(specs), [])  # no spec written
+
+    def test_a_full_notify_socket_never_blocks(self):
+        """A NOTIFY_SOCKET nobody reads: READY=1 blocked the start, and
+        STOPPING=1 the stop, for ever."""
+        notify, address = self.notifications()
+        filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(filler.close)
+        filler.setblocking(False)
+        with self.assertRaises(BlockingIOError):
+            for _ in range(100000):  # its queue holds net.unix.max_dgram_qlen datagrams
+                filler.sendto(b"x", address)
+        os.environ["NOTIFY_SOCKET"] = address
+        self.addCleanup(os.environ.pop, "NOTIFY_SOCKET")
+        sender = threading.Thread(target=dvp._Systemd().notify, args=("READY=1",))
+        sender.daemon = True
+        sender.start()
+        sender.join(5)
+        self.assertFalse(sender.is_alive())
+
+    def test_watchdog_intervals_are_bounded_below(self):
+        os.environ["WATCHDOG_USEC"] = "1"  # a thousand datagrams a second
+        self.addCleanup(os.environ.pop, "WATCHDOG_USEC")
+        with self.assertLogs("docker_volume_plugin", logging.WARNING) as logs:
+            systemd = dvp._Systemd()
+        self.assertEqual(systemd.interval, dvp._Systemd.min_watchdog_interval)
+        self.assertIn("WATCHDOG_USEC=1 is under 1s", logs.output[0])
+        os.environ["WATCHDOG_USEC"] = "30000000"
+        self.assertEqual(dvp._Systemd().interval, 15.0)
+
+    def test_the_watchdog_health_rule_follows_poll_interval(self):
+        """A loop that turns every 8 s was called stuck after 5 s: systemd
+        killed a healthy plugin."""
+        server = dvp.UnixPluginServer(os.path.join(self.base, "p.sock"), MemoryDriver(),
+                                      poll_interval=8.0)
+        self.addCleanup(server.server_close)
+        server.last_turn = time.monotonic() - 8.5  # one poll and a little
+        self.assertTrue(server.turning())
+        server.last_turn = time.monotonic() - 30
+        self.assertFalse(server.turning())
+
     @unittest.skipUnless(shutil.which("systemd-analyze"), "needs systemd-analyze")
     def test_shipped_unit_files_verify(self):
         units = sorted(os.path.join(UNITS, f) for f in os.listdir(UNITS))
@@ -1221,6 +1303,22 @@ class TLSTests(QuietLogs, unittest.TestCase):
         with self.assertLogs("docker_volume_plugin", logging.WARNING) as logs:
             dvp.server_tls_context(self.certs["plugin"], key)
         self.assertIn("can be read by other users (mode 0644)", logs.output[0])
+
+    def test_connections_that_never_start_a_handshake_are_closed_to_make_room(self):
+        """Anyone can open a TLS connection and send nothing: 300 of them held
+        every slot until their handshake deadline, batch after batch."""
+        c = self.certs
+        server = dvp.TCPPluginServer(
+            ("127.0.0.1", 0), MemoryDriver(), name="flood", spec_dir=temp_dir(self),
+            max_connections=16, tls_context=dvp.server_tls_context(c["plugin"], c["plugin-key"],
+                                                                   c["ca"])).start()
+        self.addCleanup(server.stop, 1.0)
+        for _ in range(300):
+            self.addCleanup(socket.create_connection(("127.0.0.1", server.server_address[1])).close)
+        with dvp.PluginClient("https://127.0.0.1:%d" % server.server_address[1], timeout=3,
+                              tls={"CAFile": c["ca"], "CertFile": c["engine"],
+                                   "KeyFile": c["engine-key"]}) as client:
+            self.assertEqual(client.list(), [])
 
     def test_the_json_spec_makes_the_engine_verify_and_authenticate(self):
         self.assertEqual(os.listdir(self.specs), ["tlsp.json"])
@@ -1544,6 +1642,37 @@ class HostileClientTests(QuietLogs, unittest.TestCase):
         self.assertTrue(self.get_answered())
         readable = select.select(idle, [], [], 0.5)[0]  # closed ones read as the end
         self.assertGreaterEqual(sum(sock.recv(1) == b"" for sock in readable), 1)
+
+    def test_a_flood_of_idle_connections_is_closed_as_fast_as_it_is_accepted(self):
+        """300 silent connections queued ahead of the engine's, 16 allowed:
+        one was closed every 50 ms, so the engine waited 14 s."""
+        self.start_server(max_connections=16)
+        flood = [self.connect() for _ in range(300)]
+        self.assertTrue(self.get_answered(seconds=3))
+        self.assertEqual(len(flood), 300)
+
+    def test_a_flood_under_a_descriptor_limit_below_max_connections(self):
+        """64 descriptors, 256 connections allowed: accept() failed with
+        EMFILE, nothing was closed, and the engine waited for the idle timeout."""
+        import resource
+        sock, log_path = os.path.join(self.dir, "limited.sock"), os.path.join(self.dir, "log")
+        with open(log_path, "w") as log_file:
+            proc = _spawn(self, [sys.executable, MODULE, "serve", *QUICK_STOP, "--root",
+                                 os.path.join(self.dir, "root"), "--socket", sock],
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)),
+                          stderr=log_file, env=dict(os.environ, PYTHONPATH=HERE))
+        _wait_for_socket(sock, proc)
+        flood = []
+        for _ in range(300):
+            each = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.addCleanup(each.close)
+            each.connect(sock)
+            flood.append(each)
+        with dvp.PluginClient(sock, timeout=3) as client:
+            self.assertEqual(client.list(), [])
+        with open(log_path) as log_file:
+            warnings = [line for line in log_file if "Too many open files" in line]
+        self.assertEqual(len(warnings), 1, warnings)  # a flood logs no flood
 
     def test_a_client_that_never_reads_its_replies_is_cut_off(self):
         for i in range(2000):  # a List reply of about 100 KB
