@@ -269,6 +269,18 @@ def _write_file_atomically(path: str, data: bytes, mode: int = 0o644,
         _fsync_directory(directory)
 
 
+def _read_regular(path: str, follow_links: bool = False) -> bytes:
+    """The bytes of the regular file ``path``: never through a link (unless
+    ``follow_links``), and never waiting on a FIFO or a device planted in
+    its place, which would hold up a start or a stop for ever (OSError)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags if follow_links else flags | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as regular:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "%s is not a regular file" % path)
+        return regular.read()
+
+
 def _foreign_link(path: str) -> "Optional[str]":
     """Why a symbolic link on the way to ``path`` is not to be followed, or None.
 
@@ -856,9 +868,13 @@ def _storage_error(exc: OSError, directory: str) -> Exception:
 
 def _read_json(path: str, what: str) -> "Dict[str, Any]":
     """A state file, never through a link; a damaged one stops the start."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as state_file:
-        raw = state_file.read()
+    try:
+        raw = _read_regular(path)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        raise ValueError("%s %s is not a regular file (a FIFO or a device put there?); not "
+                         "starting. Move it away." % (what, path))
     try:
         value = json.loads(raw.decode("utf-8"))
         if not isinstance(value, dict):
@@ -869,6 +885,18 @@ def _read_json(path: str, what: str) -> "Dict[str, Any]":
         raise ValueError("%s %s is damaged (%s); not starting. Repair or move it away." % (
             what, path, "nested too deeply" if isinstance(exc, RecursionError) else exc))
     return value
+
+
+def _is_string_map(value: "Any") -> bool:
+    """Options as recorded: a JSON object of strings."""
+    return isinstance(value, dict) and all(
+        isinstance(key, str) and isinstance(each, str) for key, each in value.items())
+
+
+def _is_counts(value: "Any") -> bool:
+    """Mount counts as recorded: a JSON object of mount IDs to positive whole numbers."""
+    return isinstance(value, dict) and all(
+        isinstance(key, str) and type(count) is int and count > 0 for key, count in value.items())
 
 
 def _load_record(path: str) -> "Dict[str, Any]":
@@ -890,8 +918,7 @@ def _load_record(path: str) -> "Dict[str, Any]":
                              path, version, phase, _RECORD_VERSION, ", ".join(_PHASES)))
     problems = []
     options = record.get("options")
-    if not isinstance(options, dict) or not all(
-            isinstance(key, str) and isinstance(value, str) for key, value in options.items()):
+    if not _is_string_map(options):
         problems.append("its options %.80r are not an object of strings" % (options,))
         options = {}
     created_at = record.get("created_at")
@@ -908,9 +935,7 @@ def _load_mounts(path: str) -> "Tuple[Dict[str, Any], Optional[str]]":
     """A mount count file from disk: its state, and what is damaged in it or None."""
     state = _read_json(path, "mount count file")
     mounts, mountpoint = state.get("mounts"), state.get("mountpoint")
-    if not isinstance(mounts, dict) or not all(
-            isinstance(key, str) and type(count) is int and count > 0
-            for key, count in mounts.items()):
+    if not _is_counts(mounts):
         return state, "mount count file %s is damaged: its mounts %.80r are not counts" % (
             path, mounts)
     if mountpoint is not None and not (isinstance(mountpoint, str) and os.path.isabs(mountpoint)):
@@ -1724,30 +1749,60 @@ class DirectoryDriver(Driver):
                 log.warning("%s has no record: not a volume; left alone",
                             os.path.join(self.root, entry))
 
+    #: Seconds between two progress lines of a 0.1 conversion.
+    upgrade_report_interval = 5.0
+
     def _upgrade(self) -> None:
-        """Convert a version 0.1 root: one state file for every volume."""
+        """Convert a version 0.1 root: one state file for every volume.
+
+        Every entry is checked before anything is written. Interrupted (a
+        kill, a systemd start timeout), the next start goes on from where it
+        stopped: the old file stays until every record is written, and a
+        record already there is kept.
+        """
         old = os.path.join(self.root, _V1_STATE_FILE)
         if not os.path.lexists(old):
             return
         state = _read_json(old, "state file")
         if state.get("version") != 1 or not isinstance(state.get("volumes"), dict):
-            raise ValueError("state file %s has version %r; this version reads 1"
+            raise ValueError("state file %s has version %.20r; this version reads 1"
                              % (old, state.get("version")))
+        for name, entry in state["volumes"].items():
+            problem = ("its name is not a volume name" if not _VOLUME_NAME.match(name) else
+                       "it is not an object" if not isinstance(entry, dict) else
+                       "its options are not an object of strings"
+                       if not _is_string_map(entry.get("options") or {}) else
+                       "its created_at is not an RFC 3339 time"
+                       if entry.get("created_at") is not None and
+                       format_rfc3339(entry["created_at"]) is None else
+                       "its mounts are not counts" if not _is_counts(entry.get("mounts") or {})
+                       else None)
+            if problem:
+                raise ValueError("state file %s has a damaged entry %.80r (%s); not starting, "
+                                 "nothing converted" % (old, name, problem))
         same_boot = state.get("boot_id") in (None, self._boot_id)
-        for name, entry in sorted(state["volumes"].items()):
-            if not _VOLUME_NAME.match(name) or not isinstance(entry, dict):
-                raise ValueError("state file %s has a damaged entry %r; not starting"
-                                 % (old, name))
-            record = {"version": _RECORD_VERSION, "phase": "ready",
-                      "options": entry.get("options") or {}, "created_at": entry.get("created_at")}
-            self._write_record(name, record)
-            if same_boot and entry.get("mounts"):
+        names = sorted(state["volumes"])
+        log.info("converting %d volume(s) from %s", len(names), old)
+        started = reported = _monotonic()
+        for done, name in enumerate(names):
+            entry = state["volumes"][name]
+            if not os.path.lexists(self._record_path(name)):  # else: written before a stop
+                self._write_record(name, {"version": _RECORD_VERSION, "phase": "ready",
+                                          "options": entry.get("options") or {},
+                                          "created_at": entry.get("created_at")})
+            counts = os.path.join(self.run_dir, name + ".json")
+            if same_boot and entry.get("mounts") and not os.path.lexists(counts):
                 self._write_mounts(name, {"mounts": entry["mounts"], "mountpoint": self._path(name),
                                           "pending": None})
+            now = _monotonic()
+            if now - reported >= self.upgrade_report_interval:
+                reported = now
+                log.info("converting: %d of %d volume(s) done, about %.0fs left", done + 1,
+                         len(names), (now - started) / (done + 1) * (len(names) - done - 1))
         os.rename(old, old + ".converted")
         _unlink_quietly(os.path.join(self.root, _V1_LOCK_FILE))
-        log.info("converted %d volume(s) from %s (kept as %s.converted)",
-                 len(state["volumes"]), old, old)
+        log.info("converted %d volume(s) from %s in %.1fs (kept as %s.converted)",
+                 len(names), old, _monotonic() - started, old)
 
 ###############################################################################
 # HTTP: PluginRequestHandler on http.server ###################################
@@ -2540,6 +2595,11 @@ def _write_spec(directory: str, filename: str, address: str, data: bytes) -> str
     if "://" not in address:  # the engine fails such a spec with "Unknown protocol"
         raise ValueError("plugin address %r has no scheme such as tcp://" % address)
     _make_directories(directory, 0o755)
+    unsafe = _unsafe_directory(directory)
+    if unsafe is not None:
+        # Another user could swap our spec for one that sends the engine elsewhere.
+        raise PermissionError(errno.EPERM, "refusing to write a spec file in %s: %s"
+                              % (directory, unsafe))
     path = os.path.join(directory, filename)
     _write_file_atomically(path, data)
     return path
@@ -2630,8 +2690,7 @@ class TCPPluginServer(_PluginServerMixin, socketserver.TCPServer):
                 self.spec_path = write_spec_file(name, self.address, spec_dir)
             else:
                 self.spec_path = write_json_spec_file(name, self.address, spec_dir, spec_tls)
-            with open(self.spec_path, "rb") as spec:
-                self._spec_data = spec.read()
+            self._spec_data = _read_regular(self.spec_path)
 
     @property
     def address(self) -> str:
@@ -2651,8 +2710,7 @@ class TCPPluginServer(_PluginServerMixin, socketserver.TCPServer):
         socketserver.TCPServer.server_close(self)
         if self.spec_path is not None:
             try:
-                with open(self.spec_path, "rb") as spec:
-                    ours = spec.read() == self._spec_data
+                ours = _read_regular(self.spec_path) == self._spec_data
                 if ours:  # never remove a spec that another instance rewrote
                     os.unlink(self.spec_path)
             except OSError:
@@ -2944,8 +3002,7 @@ class PluginLookup(object):
 def _read_spec(path: str) -> "Tuple[Optional[str], Optional[Dict[str, Any]], Optional[str]]":
     """Return (address, TLS config, problem) for a .spec or .json file."""
     try:
-        with open(path, "rb") as spec:
-            text = spec.read().decode("utf-8", "replace")
+        text = _read_regular(path, follow_links=True).decode("utf-8", "replace")
     except OSError as exc:
         return None, None, "cannot read spec file %s: %s" % (path, exc.strerror)
     tls = {}  # type: Optional[Dict[str, Any]]  # a .spec: the engine skips verification

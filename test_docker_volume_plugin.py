@@ -1547,6 +1547,54 @@ class FileSystemHardeningTests(QuietLogs, unittest.TestCase):
         self.assertIn("writable by other users", result.stderr)
         self.assertNotIn("Traceback", result.stderr)
 
+    def test_spec_directory_others_can_write_is_refused(self):
+        """--spec-dir was not checked like the other directories: another user
+        could swap the spec for one that sends the engine to their server."""
+        specs = os.path.join(self.dir, "specs")
+        os.mkdir(specs)
+        os.chmod(specs, 0o777)
+        with self.assertRaises(PermissionError) as caught:
+            dvp.TCPPluginServer(("127.0.0.1", 0), MemoryDriver(), name="p", spec_dir=specs)
+        self.assertIn("refusing to write a spec file in %s" % specs, str(caught.exception))
+        self.assertEqual(os.listdir(specs), [])
+
+    def in_thread(self, call, *args):
+        """Run ``call`` in a thread for at most 5 s: (what it returned or raised, still running)."""
+        outcome = []
+
+        def run():
+            try:
+                outcome.append(call(*args))
+            except Exception as exc:
+                outcome.append(exc)
+        thread = threading.Thread(target=run)
+        thread.daemon = True  # a call blocked for ever is left behind
+        thread.start()
+        thread.join(5)
+        return (outcome[0] if outcome else None), thread.is_alive()
+
+    def test_fifos_in_place_of_state_or_spec_files_never_block(self):
+        """A FIFO as a record, as the 0.1 state file, or as the spec file
+        blocked the start or the stop for ever, in open()."""
+        for where in ("record", "0.1 file"):
+            with self.subTest(where):
+                root = os.path.join(self.dir, where.replace(" ", "-"))
+                dvp.DirectoryDriver(root).close()
+                fifo = (os.path.join(root, ".docker-volume-plugin", "v.json") if where == "record"
+                        else os.path.join(root, ".docker-volume-plugin.json"))
+                os.mkfifo(fifo, 0o600)
+                outcome, blocked = self.in_thread(lambda: dvp.DirectoryDriver(root).start())
+                self.assertFalse(blocked)
+                self.assertIsInstance(outcome, ValueError)
+                self.assertIn("%s is not a regular file" % fifo, str(outcome))
+        specs = temp_dir(self)
+        server = dvp.TCPPluginServer(("127.0.0.1", 0), MemoryDriver(), name="p", spec_dir=specs)
+        os.unlink(os.path.join(specs, "p.spec"))
+        os.mkfifo(os.path.join(specs, "p.spec"), 0o600)  # a spec rewritten meanwhile
+        _, blocked = self.in_thread(server.server_close)
+        self.assertFalse(blocked)
+        self.assertEqual(os.listdir(specs), ["p.spec"])  # not ours: left
+
     def test_two_servers_starting_at_once_never_both_serve(self):
         path = os.path.join(self.dir, "p.sock")
         for _ in range(30):
@@ -2296,6 +2344,55 @@ class StateTests(QuietLogs, unittest.TestCase):
             dvp.DirectoryDriver(self.root).start()
         self.assertIn("damaged entry '../evil'", str(caught.exception))
         self.assertTrue(os.path.exists(path))  # still there, whole, for the operator
+
+    def test_version_1_values_are_checked_before_anything_is_converted(self):
+        """The conversion copied options, times and counts unchecked."""
+        path = os.path.join(self.root, ".docker-volume-plugin.json")
+        for field, value, problem in (("options", {"mode": 700}, "options are not an object of "
+                                       "strings"), ("created_at", "yesterday", "created_at is not"),
+                                      ("mounts", {"a" * 64: "many"}, "mounts are not counts")):
+            with self.subTest(field):
+                shutil.rmtree(self.root, True)
+                self.make_v1_root(dvp._boot_id())
+                self.edit_json(path, lambda state: state["volumes"]["plain"].__setitem__(
+                    field, value))
+                with self.assertRaises(ValueError) as caught:
+                    dvp.DirectoryDriver(self.root).start()
+                self.assertIn("damaged entry 'plain' (its %s" % problem, str(caught.exception))
+                self.assertEqual(os.listdir(os.path.join(self.root, ".docker-volume-plugin")),
+                                 [])  # nothing converted
+
+    def test_an_interrupted_version_1_conversion_resumes_where_it_stopped(self):
+        """Killed (a systemd start timeout) part way, it started over every
+        time: a root too large to convert within the timeout never served."""
+        os.mkdir(self.root, 0o700)
+        names = ["v%03d" % i for i in range(60)]
+        with open(os.path.join(self.root, ".docker-volume-plugin.json"), "w") as f:
+            json.dump({"version": 1, "volumes": dict((name, {
+                "created_at": "2026-11-28T01:57:59Z", "mounts": {}, "options": {}})
+                for name in names)}, f)
+        for name in names:
+            os.mkdir(os.path.join(self.root, name))
+        real, written, kill_at = dvp.Driver._write_record, [], [25]
+
+        def write(driver, name, record):
+            if len(written) == kill_at[0]:
+                raise KeyboardInterrupt("killed")  # as a SIGKILL would, mid-conversion
+            written.append(name)
+            real(driver, name, record)
+        with unittest.mock.patch.object(dvp.Driver, "_write_record", write):
+            with self.assertRaises(KeyboardInterrupt):
+                dvp.DirectoryDriver(self.root).start()
+            self.assertEqual(written, names[:25])
+            del written[:], kill_at[:]
+            kill_at.append(None)
+            with unittest.mock.patch.object(dvp.DirectoryDriver, "upgrade_report_interval", 0.0):
+                with self.assertLogs("docker_volume_plugin", logging.INFO) as logs:
+                    driver = self.open()
+        self.assertEqual(written, names[25:])  # the first 25 kept as they were
+        self.assertEqual(sorted(v["Name"] for v in driver.list()), names)
+        self.assertTrue(any("converting: 26 of 60 volume(s) done, about" in line
+                            for line in logs.output), logs.output)
 
     # -- damaged state: never destroy on doubt, never fail Get for a volume that exists --
 
