@@ -856,13 +856,16 @@ def _node_run_dir(state_dir: str, node: str) -> str:
 
 
 def _storage_error(exc: OSError, directory: str) -> Exception:
-    """A full or read-only file system, said plainly; other errors as they are."""
+    """A full or read-only file system, said plainly; other errors as they
+    are. The reply names no path of the plugin's: the log does."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        log.error("%s: %s", directory, exc.strerror)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return PluginError("no space left on the file system of %s: free some, then try again "
-                           "(mounting existing volumes still works)" % directory)
+        return PluginError("no space left on the plugin's file system: free some, then try "
+                           "again (mounting existing volumes still works)")
     if exc.errno == errno.EROFS:
-        return PluginError("%s is on a read-only file system: volumes cannot be created or "
-                           "removed (mounting existing ones still works)" % directory)
+        return PluginError("the plugin's file system is read-only: volumes cannot be created "
+                           "or removed (mounting existing ones still works)")
     return exc
 
 
@@ -1027,6 +1030,11 @@ class Driver(object):
     options = {}  # type: Dict[str, Callable[[str], Any]]
     #: Seconds between tries of a detach that failed.
     detach_retry_interval = 30.0
+    #: Seconds a call waits for the lock on shared state (scope global)
+    #: before it fails, naming the node that holds it: a node stopped while
+    #: holding it (SIGSTOP, a hung NFS client) must not hang every node.
+    #: Under Docker's 60 s deadline for Remove and Unmount.
+    shared_lock_timeout = 30.0
     secret_words = ("password", "secret", "token", "key")
     scope = "local"
     name_pattern = _VOLUME_NAME
@@ -1086,12 +1094,12 @@ class Driver(object):
         with self._start_lock:
             if self._started:
                 return
-            try:
-                with self._shared_lock():
+            with self._shared_lock():  # waited for in vain: not closed, tried again
+                try:
                     self._start()
-            except BaseException:
-                self.close()
-                raise
+                except BaseException:
+                    self.close()
+                    raise
             self._started = True
 
     def close(self) -> None:
@@ -1157,13 +1165,23 @@ class Driver(object):
                 raise PluginError("volume %r already exists with options %s"
                                   % (name, self.format_options(existing["options"])))
             # Storage with no record is not ours to undo. Shared, a record in
-            # the making is another node's create that a crash cut short: its
-            # storage is half made, and undone like our own.
-            if self.exists(name, parsed) and not (
-                    self.shared and os.path.lexists(self._record_path(name))):
-                raise PluginError("cannot create volume %r: its storage is there already, with "
-                                  "no record: it is not a volume, and is left as it is. Move "
-                                  "it away first" % name)
+            # the making is another node's create or remove that a crash cut
+            # short (we hold every node's lock): its storage is half made or
+            # half gone, and finished as that node's start would.
+            if self.exists(name, parsed):
+                if not (self.shared and os.path.lexists(self._record_path(name))):
+                    raise PluginError("cannot create volume %r: its storage is there already, "
+                                      "with no record: it is not a volume, and is left as it "
+                                      "is. Move it away first" % name)
+                try:
+                    cut_short = _load_record(self._record_path(name))
+                except ValueError as exc:  # never destroyed on doubt
+                    log.error("volume %r: %s", name, exc)
+                    raise PluginError("cannot create volume %r: its state is damaged (see the "
+                                      "plugin's log)" % name)
+                log.warning("volume %r: another node's %s was cut short; finishing it first",
+                            name, "create" if cut_short["phase"] == "creating" else "remove")
+                self.destroy(name, self._parsed(name, cut_short))
             record = {"version": _RECORD_VERSION, "phase": "creating", "options": dict(options),
                       "created_at": format_rfc3339(datetime.datetime.now(_UTC))}
             self._write_record(name, record)  # a crash from here on is undone at start
@@ -1589,6 +1607,8 @@ class Driver(object):
                 continue
             name = entry[:-len(".json")]
             state, damage = _load_mounts(os.path.join(self.run_dir, entry))
+            if name in volumes and damage is None:
+                damage = self._foreign_mountpoint(name, volumes[name], state.get("mountpoint"))
             if name in volumes and damage is not None:
                 # Kept, and the volume with it: it may be mounted.
                 log.error("volume %r: %s; it is listed, but not mounted or removed until "
@@ -1611,6 +1631,22 @@ class Driver(object):
     def _upgrade(self) -> None:
         """Convert state of an earlier version; nothing by default."""
 
+    def _foreign_mountpoint(self, name: str, record: "Dict[str, Any]",
+                            stored: "Optional[str]") -> "Optional[str]":
+        """Why a count file's mountpoint is not to be handed out, or None: it
+        is the path the next Mount returns, so it must be the volume's own
+        where the driver can say what that is (``mountpoint()``)."""
+        if not stored:
+            return None
+        try:
+            expected = self.mountpoint(name, self._parsed(name, record))
+        except Exception:
+            return None  # only known at attach: nothing to compare with
+        if expected and os.path.normpath(expected) != os.path.normpath(stored):
+            return ("mount count file of %r is damaged: its mountpoint %.80r is not the "
+                    "volume's, %s" % (name, stored, expected))
+        return None
+
     # -- shared state (scope global): every node's mounts, one lock for all ---
 
     def _nodes_mounting(self, name: str) -> "List[str]":
@@ -1632,17 +1668,44 @@ class Driver(object):
 
     @contextlib.contextmanager
     def _shared_lock(self) -> "Iterator[None]":
-        """All nodes' lock on shared state; nothing when not shared."""
+        """All nodes' lock on shared state; nothing when not shared.
+
+        Waits at most ``shared_lock_timeout`` (flock itself has no timeout:
+        it is tried every 50 ms), then fails naming the holder, which each
+        holder writes in the lock file.
+        """
         if self._shared_fd < 0:
             yield
             return
         import fcntl
-        with self._shared_mutex:
-            fcntl.flock(self._shared_fd, fcntl.LOCK_EX)
+        deadline = _monotonic() + self.shared_lock_timeout
+        if not self._shared_mutex.acquire(timeout=self.shared_lock_timeout):
+            raise PluginError("another call of this node has held the lock on shared state "
+                              "for over %gs; try again" % self.shared_lock_timeout)
+        try:
+            while True:
+                try:
+                    fcntl.flock(self._shared_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if _monotonic() >= deadline:
+                        holder = os.pread(self._shared_fd, 200, 0).decode("utf-8", "replace")
+                        raise PluginError("the lock on shared state has been held for over "
+                                          "%gs by %s: is that node stopped or cut off? Try "
+                                          "again" % (self.shared_lock_timeout, holder.strip()
+                                                     or "another node"))
+                    time.sleep(0.05)
+            os.ftruncate(self._shared_fd, 0)
+            os.pwrite(self._shared_fd, ("node %s (pid %d) since %s\n" % (
+                os.path.basename(self.run_dir), os.getpid(),
+                format_rfc3339(datetime.datetime.now(_UTC)))).encode("utf-8"), 0)
             try:
                 yield
             finally:
-                fcntl.flock(self._shared_fd, fcntl.LOCK_UN)
+                if self._shared_fd >= 0:  # close() in a failed start closes it
+                    fcntl.flock(self._shared_fd, fcntl.LOCK_UN)
+        finally:
+            self._shared_mutex.release()
 
 
 def _is_real_directory(path: str) -> bool:
@@ -1702,8 +1765,9 @@ class DirectoryDriver(Driver):
     def attach(self, name: str, options: "Dict[str, Any]") -> str:
         path = self._path(name)
         if not _is_real_directory(path):
-            raise PluginError("the directory of volume %r, %s, is missing; not mounting an "
-                              "empty one in its place" % (name, path))
+            log.error("volume %r: its directory %s is missing", name, path)
+            raise PluginError("the directory of volume %r is missing; not mounting an empty "
+                              "one in its place" % name)
         return path
 
     def destroy(self, name: str, options: "Dict[str, Any]") -> None:

@@ -2129,6 +2129,7 @@ class DirectoryDriverTests(QuietLogs, unittest.TestCase):
         with self.assertRaises(dvp.PluginError) as caught:
             driver.mount("v", "id1")
         self.assertIn("missing", str(caught.exception))
+        self.assertNotIn(self.root, str(caught.exception))  # an error reply names no path
         self.assertFalse(os.path.exists(os.path.join(self.root, "v")))
         driver.remove("v")
         self.assertIsNone(driver.get("v"))
@@ -2481,6 +2482,21 @@ class StateTests(QuietLogs, unittest.TestCase):
         self.assertTrue(os.path.exists(counts))
         self.assertTrue(os.path.exists(os.path.join(self.root, "v", "data")))
 
+    def test_a_mountpoint_in_a_count_file_is_not_trusted(self):
+        """A count file saying "/etc": the next Mount handed /etc to the container."""
+        driver, _, run_dir = self.volume_with_data(self.root)
+        driver.mount("v", MOUNT_ID)
+        driver.close()
+        self.edit_json(os.path.join(run_dir, "v.json"),
+                       lambda state: state.__setitem__("mountpoint", "/etc"))
+        driver = self.open()
+        status, reply = self.call(driver, "Mount", Name="v", ID="b" * 64)
+        self.assertEqual(status, 500, reply)
+        self.assertNotIn("/etc", json.dumps(reply))
+        status, reply = self.call(driver, "Get", Name="v")
+        self.assertEqual(reply["Volume"]["Mountpoint"], os.path.join(self.root, "v"))
+        self.assertIn("its mountpoint '/etc' is not the volume's", reply["Volume"]["Status"]["problem"])
+
     def test_record_nested_too_deeply_stops_the_start_with_one_line(self):
         driver, record, _ = self.volume_with_data(self.root)
         driver.close()
@@ -2522,7 +2538,8 @@ class StateTests(QuietLogs, unittest.TestCase):
         for call in (lambda: driver.create("c", {}), lambda: driver.remove("b")):
             with self.assertRaises(dvp.PluginError) as caught:
                 call()
-            self.assertIn("no space left on the file system of", str(caught.exception))
+            self.assertIn("no space left on the plugin's file system", str(caught.exception))
+            self.assertNotIn(self.root, str(caught.exception))  # the log has it
         self.assertEqual(sorted(v["Name"] for v in driver.list()), ["a", "b"])
         driver.close()
         driver = self.open()  # a full root starts
@@ -2536,7 +2553,7 @@ class StateTests(QuietLogs, unittest.TestCase):
         driver.unmount("a", MOUNT_ID)
         with self.assertRaises(dvp.PluginError) as caught:
             driver.create("c", {})
-        self.assertIn("read-only file system", str(caught.exception))
+        self.assertIn("the plugin's file system is read-only", str(caught.exception))
 
     def test_secret_options_are_never_shown(self):
         driver = Secretive(os.path.join(self.base, "state"))
@@ -2781,6 +2798,46 @@ class SharedStateTests(QuietLogs, unittest.TestCase):
         self.assertEqual(b.list(), [])
         with self.assertRaises(dvp.VolumeNotFound):
             b.mount("v", MOUNT_ID)
+
+    def test_a_create_a_dead_node_cut_short_is_finished_by_the_next_create(self):
+        """Node a killed inside provision(): the next create on node b failed
+        ("its storage appeared"), and left storage no record owned."""
+        a, b = self.node("a"), self.node("b")
+        a.start()
+        b.start()  # serving already: its start would have finished it
+        with open(os.path.join(a.state_dir, "v.json"), "w") as f:
+            json.dump({"version": 2, "phase": "creating", "options": {}, "created_at": None}, f)
+        os.mkdir(os.path.join(self.root, "v"))
+        with open(os.path.join(self.root, "v", "half"), "w") as f:
+            f.write("half made")
+        b.create("v", {})
+        self.assertEqual(os.listdir(os.path.join(self.root, "v")), [])  # made anew
+        self.assertEqual([v["Name"] for v in a.list()], ["v"])
+
+    def test_a_node_stopped_holding_the_lock_is_named_and_waited_for_no_longer(self):
+        """One node stopped (SIGSTOP, a hung NFS client) inside a call: every
+        other node's calls waited for ever."""
+        a, b = self.node("a"), self.node("b")
+        a.create("v", {})
+        b.shared_lock_timeout = 0.3
+        outcome = []
+
+        def mount():
+            try:
+                outcome.append(b.mount("v", MOUNT_ID))
+            except Exception as exc:
+                outcome.append(exc)
+        with a._shared_lock():  # as a stopped node holds it
+            caller = threading.Thread(target=mount)
+            caller.daemon = True
+            caller.start()
+            caller.join(5)
+            self.assertFalse(caller.is_alive())
+        self.assertIsInstance(outcome[0], dvp.PluginError)
+        self.assertRegex(str(outcome[0]), r"held for over 0.3s by node a \(pid %d\) since "
+                         r"\d{4}-" % os.getpid())
+        self.assertEqual(b.mount("v", MOUNT_ID), os.path.join(self.root, "v"))  # once released
+        b.unmount("v", MOUNT_ID)
 
     def test_both_nodes_creating_at_once_make_one_volume(self):
         a, b = self.node("a"), self.node("b")
