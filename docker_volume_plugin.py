@@ -950,6 +950,26 @@ def _load_mounts(path: str) -> "Tuple[Dict[str, Any], Optional[str]]":
     return state, None
 
 
+def _nodes_mounting(state_dir: str, run_dir: str, name: str) -> "List[str]":
+    """The nodes of a shared ``state_dir``, but the one of ``run_dir``, that
+    count a mount of ``name``."""
+    nodes_dir = os.path.join(state_dir, _NODES_DIR)
+    if not os.path.isdir(nodes_dir):
+        return []
+    nodes = []
+    for node in sorted(os.listdir(nodes_dir)):
+        path = os.path.join(nodes_dir, node, name + ".json")
+        if os.path.realpath(os.path.dirname(path)) != os.path.realpath(run_dir) and \
+                os.path.exists(path):
+            try:
+                counts = _read_json(path, "mount count file")
+                if counts.get("mounts") or counts.get("pending"):
+                    nodes.append(node)
+            except (OSError, ValueError):
+                nodes.append(node)  # unreadable: take it as mounted
+    return nodes
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -1651,20 +1671,7 @@ class Driver(object):
 
     def _nodes_mounting(self, name: str) -> "List[str]":
         """The other nodes that count a mount of ``name`` (shared state only)."""
-        nodes_dir = os.path.join(self.state_dir, _NODES_DIR)
-        if not self.shared or not os.path.isdir(nodes_dir):
-            return []
-        nodes = []
-        for node in sorted(os.listdir(nodes_dir)):
-            path = os.path.join(nodes_dir, node, name + ".json")
-            if os.path.realpath(os.path.dirname(path)) != self.run_dir and os.path.exists(path):
-                try:
-                    counts = _read_json(path, "mount count file")
-                    if counts.get("mounts") or counts.get("pending"):
-                        nodes.append(node)
-                except (OSError, ValueError):
-                    nodes.append(node)  # unreadable: take it as mounted
-        return nodes
+        return _nodes_mounting(self.state_dir, self.run_dir, name) if self.shared else []
 
     @contextlib.contextmanager
     def _shared_lock(self) -> "Iterator[None]":
@@ -4288,11 +4295,15 @@ def _build_parser() -> "Any":
     mounts_parser = commands.add_parser(
         "mounts", help="show each volume's mounts; release a mount no engine will release",
         description="Show the mounts the plugin counts for each volume, by mount ID. With "
-                    "--release, unmount every mount of one volume through the running plugin: "
-                    "for a mount left by a container that died with a crashed engine or "
-                    "plugin, which keeps the volume from being removed until a reboot. "
-                    "Refused while Docker has a running container using the volume; where "
-                    "Docker cannot be asked (Podman, another host), only with --force.")
+                    "--release, unmount the mounts of one volume through the running plugin "
+                    "that can be proved unused: left by a container that stopped while the "
+                    "plugin was down, or that died with a crashed engine, which keeps the "
+                    "volume from being removed until a reboot. A Docker mount is proved "
+                    "unused by the local Docker (DOCKER_HOST) when one of its stopped "
+                    "containers holds that mount ID; a Podman mount (Podman's fixed mount ID) "
+                    "by podman, when none of its running containers uses the volume. Any "
+                    "other mount only with --force. With --node, the mounts a node of a "
+                    "shared root counted, once that node is gone: with --force only.")
     state = mounts_parser.add_mutually_exclusive_group()
     state.add_argument("--root", default=_DEFAULT_ROOT,
                        help="the built-in driver's root (default: %(default)s)")
@@ -4303,8 +4314,10 @@ def _build_parser() -> "Any":
     mounts_parser.add_argument("--plugin", default="dirs", metavar="NAME_OR_ADDRESS",
                                help="the running plugin to release through (default: "
                                     "%(default)s)")
+    mounts_parser.add_argument("--node", metavar="HOSTNAME",
+                               help="a shared root: that node's mounts (default: this host's)")
     mounts_parser.add_argument("--force", action="store_true",
-                               help="release even when Docker cannot be asked")
+                               help="release mounts that cannot be proved unused")
     check_parser = commands.add_parser(
         "check",
         help="test a running plugin the way the engine uses it",
@@ -4444,34 +4457,143 @@ def _plugin_config_command(args: "Any") -> int:
     return 0
 
 
-def _containers_using(volume: str) -> "Optional[List[str]]":
-    """Docker's running containers that use ``volume``; None if Docker cannot be asked."""
-    import urllib.parse
+#: The mount ID Podman sends with every Mount and Unmount, whichever
+#: container: the SHA-256 of "placeholder\n" (libpod/volume_internal_linux.go
+#: ``pseudoCtrID``). Podman counts its containers itself.
+_PODMAN_MOUNT_ID = "2f73349cfc4630255319c6c8dfc1b46a8996ace9d14d8e07563b165915918ec2"
+
+
+def _docker_api(path: str) -> "Any":
+    """A GET of the local Docker's API (``DOCKER_HOST``, a Unix socket); None
+    if it cannot be asked."""
     host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     if not host.startswith("unix://"):
         return None
     connection = _UnixHTTPConnection(host[len("unix://"):])
     connection.timeout = 10
     try:
-        connection.request("GET", "/containers/json?filters=" +
-                           urllib.parse.quote(json.dumps({"volume": [volume]})))
+        connection.request("GET", path)
         response = connection.getresponse()
-        containers = json.loads(response.read().decode("utf-8"))
-        if response.status != 200:
-            return None
-        return [c["Names"][0].lstrip("/") for c in containers]
-    except (OSError, ValueError, KeyError, IndexError, http.client.HTTPException):
+        reply = json.loads(response.read().decode("utf-8"))
+        return reply if response.status == 200 else None
+    except (OSError, ValueError, http.client.HTTPException):
         return None
     finally:
         connection.close()
 
 
+def _containers_using(volume: str) -> "Optional[List[str]]":
+    """Docker's running containers that use ``volume``; None if Docker cannot be asked."""
+    import urllib.parse
+    containers = _docker_api("/containers/json?filters=" +
+                             urllib.parse.quote(json.dumps({"volume": [volume]})))
+    try:
+        return None if containers is None else [c["Names"][0].lstrip("/") for c in containers]
+    except (TypeError, KeyError, IndexError, AttributeError):
+        return None
+
+
+def _docker_mount_ids(volume: str) -> "Optional[Dict[str, str]]":
+    """The mount IDs of ``volume`` that the local Docker's containers hold,
+    each with its container's name; None if that cannot be read.
+
+    A container keeps the ID of each plugin mount while it is mounted, and
+    still after a failed Unmount, when it is stopped (moby volume/mounts/
+    mounts.go ``Cleanup``); the API does not show it, the container's
+    ``config.v2.json`` under Docker's root directory does.
+    """
+    info = _docker_api("/info")
+    root = info.get("DockerRootDir") if isinstance(info, dict) else None
+    if not isinstance(root, str):
+        return None
+    directory = os.path.join(root, "containers")
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return None  # another host's, or another mount namespace's
+    held = {}  # type: Dict[str, str]
+    for entry in entries:
+        try:
+            config = json.loads(_read_regular(os.path.join(directory, entry, "config.v2.json")))
+            for point in (config.get("MountPoints") or {}).values():
+                if point.get("Name") == volume and point.get("ID"):
+                    held[point["ID"]] = str(config.get("Name", entry)).lstrip("/")
+        except (OSError, ValueError, AttributeError):
+            continue  # removed meanwhile, or not a container
+    return held
+
+
+def _podman_containers_using(volume: str) -> "Optional[List[str]]":
+    """Podman's running containers that use ``volume``; None if podman cannot be asked."""
+    import subprocess  # only this command needs it
+    try:
+        result = subprocess.run(["podman", "ps", "--filter", "volume=" + volume, "--format",
+                                 "{{.Names}}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                universal_newlines=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.split() if result.returncode == 0 else None
+
+
+def _why_not_released(volume: str, mount_id: str, docker_ids: "Optional[Dict[str, str]]"
+                      ) -> "Tuple[Optional[str], str]":
+    """Why a mount of ``volume`` cannot be proved unused (or None), and what
+    proves it; asked once Docker has said that none of its running
+    containers uses the volume."""
+    if mount_id == _PODMAN_MOUNT_ID:
+        podman = _podman_containers_using(volume)
+        if podman is None:
+            return "a Podman mount, and podman cannot be asked", ""
+        if podman:
+            return "Podman's running container(s) %s use it" % ", ".join(podman), ""
+        return None, "Podman runs no container that uses it"
+    if docker_ids is None:
+        return "Docker cannot be asked which container holds it (is DOCKER_HOST set?)", ""
+    holder = docker_ids.get(mount_id)
+    if holder is None:
+        return ("no container of this Docker holds it: another engine's (a second Docker, "
+                "another host), or its container was removed"), ""
+    return None, "Docker's container %s holds it and has stopped" % holder
+
+
+def _release_gone_node(args: "Any", state_dir: str, run_dir: str, counts: "Dict[str, int]"
+                       ) -> int:
+    """Forget the mounts a node of a shared root counted, once it is gone."""
+    name = args.release
+    if not args.force:
+        return _error_line("node %s's engine cannot be asked from here whether a container "
+                           "uses volume %s; once that node is gone for good, add --force"
+                           % (args.node, name), kind="refusing")
+    try:
+        fd = _hold_lock(os.path.join(run_dir, "lock"), "node %s's plugin is running (it holds "
+                        "%s): release its mounts there" % (args.node, os.path.join(run_dir,
+                                                                                     "lock")))
+    except OSError as exc:
+        return _error_line(str(exc), kind="refusing")
+    try:
+        os.unlink(os.path.join(run_dir, name + ".json"))
+    finally:
+        _release_lock(os.path.join(run_dir, "lock"), fd)
+    for mount_id, count in sorted(counts.items()):
+        sys.stdout.write("released mount %s (%d) of volume %s: node %s is gone (--force)\n"
+                         % (mount_id, count, name, args.node))
+    sys.stdout.write("released %d mount(s) of volume %s on node %s\n"
+                     % (sum(counts.values()), name, args.node))
+    return 0
+
+
 def _mounts_command(args: "Any") -> int:
     state_dir = os.path.realpath(args.state_dir or os.path.join(args.root, _STATE_DIR))
+    shared = os.path.isdir(os.path.join(state_dir, _NODES_DIR))
+    if args.node and not shared:
+        raise _UsageError("--node: %s is not a shared root (scope global)" % state_dir)
     if args.run_dir:
         run_dir = args.run_dir
-    elif os.path.isdir(os.path.join(state_dir, _NODES_DIR)):  # a shared root: this node's
-        run_dir = _node_run_dir(state_dir, socket.gethostname())
+    elif shared:  # this node's, or the one asked for
+        node = args.node or socket.gethostname()
+        if not _VOLUME_NAME.match(node):
+            raise _UsageError("--node: %.100r is not a host name" % node)
+        run_dir = _node_run_dir(state_dir, node)
     else:
         run_dir = _default_run_dir(state_dir)
     if not os.path.isdir(state_dir):
@@ -4507,20 +4629,35 @@ def _mounts_command(args: "Any") -> int:
     if not mounts[name]:
         sys.stdout.write("volume %s has no mounts\n" % name)
         return 0
+    if args.node and args.node != socket.gethostname():
+        return _release_gone_node(args, state_dir, run_dir, mounts[name])
     users = _containers_using(name)
     if users:
         return _error_line("Docker's running container(s) %s use volume %s; stop them instead"
                            % (", ".join(users), name), kind="refusing")
-    if users is None and not args.force:
-        return _error_line("cannot ask Docker whether a container uses volume %s (is "
-                           "DOCKER_HOST set?); make sure none does, then add --force" % name,
-                           kind="refusing")
+    docker_ids = _docker_mount_ids(name)
+    released, kept = 0, 0
     with PluginClient(args.plugin, timeout=60) as client:
         for mount_id, count in sorted(mounts[name].items()):
+            why_not, proof = _why_not_released(name, mount_id, docker_ids)
+            if why_not is not None and not args.force:
+                _error_line("mount %s (%d) of volume %s: %s; make sure no container uses it, "
+                            "then add --force" % (mount_id, count, name, why_not),
+                            kind="keeping")
+                kept += count
+                continue
             for _ in range(count):
                 client.unmount(name, mount_id)
-    sys.stdout.write("released %d mount(s) of volume %s\n" % (sum(mounts[name].values()), name))
-    return 0
+            released += count
+            sys.stdout.write("released mount %s (%d) of volume %s: %s\n" % (
+                mount_id, count, name, proof or "--force (%s)" % why_not))
+    sys.stdout.write("released %d mount(s) of volume %s%s\n" % (
+        released, name, ", kept %d" % kept if kept else ""))
+    elsewhere = _nodes_mounting(state_dir, run_dir, name) if shared else []
+    if elsewhere:  # a remove is refused until they go too
+        _error_line("volume %s is still mounted on node(s) %s: release there, or with --node "
+                    "once a node is gone" % (name, ", ".join(elsewhere)), kind="note")
+    return 1 if kept else 0
 
 
 def _tls_arguments(args: "Any") -> "Tuple[Any, Optional[Dict[str, str]]]":

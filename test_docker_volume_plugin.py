@@ -1091,6 +1091,7 @@ class SystemdTests(unittest.TestCase):
     def serve_on_descriptor(self, fd, *extra):
         """``serve`` given ``fd`` as systemd's first socket; returns (exit status, stderr)."""
         move = "" if fd == 3 else "exec 3<&%d %d<&-; " % (fd, fd)
+        extra = extra or ("--spec-dir", temp_dir(self))  # never the engine's own
         result = subprocess.run(["sh", "-c", move + 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"', "sh",
                                  sys.executable, MODULE, "serve", *QUICK_STOP, "--root", self.root,
                                  *extra], pass_fds=[fd], stderr=subprocess.PIPE,
@@ -2605,14 +2606,49 @@ class StateTests(QuietLogs, unittest.TestCase):
         status, out, _ = run()
         self.assertEqual(status, 0)
         self.assertRegex(out, r"\nv\s+3\s+cannot ask\s+a{64}\(2\) b{64}\(1\)\n")
-        status, _, err = run("--release", "v", "--plugin", sock)
-        self.assertEqual(status, 1)
-        self.assertIn("cannot ask Docker whether a container uses volume v", err)
+        status, out, err = run("--release", "v", "--plugin", sock)
+        self.assertEqual((status, out), (1, "released 0 mount(s) of volume v, kept 3\n"))
+        self.assertEqual(err.count("Docker cannot be asked which container holds it"), 2, err)
+        self.assertIn("keeping: mount %s (2) of volume v: " % ("a" * 64), err)
         self.assertEqual(driver.volumes()["v"]["mounts"], {"a" * 64: 2, "b" * 64: 1})
         status, out, _ = run("--release", "v", "--plugin", sock, "--force")
-        self.assertEqual((status, out), (0, "released 3 mount(s) of volume v\n"))
+        self.assertEqual(status, 0)
+        self.assertEqual(out.splitlines(), [
+            "released mount %s (2) of volume v: --force (Docker cannot be asked which container "
+            "holds it (is DOCKER_HOST set?))" % ("a" * 64),
+            "released mount %s (1) of volume v: --force (Docker cannot be asked which container "
+            "holds it (is DOCKER_HOST set?))" % ("b" * 64),
+            "released 3 mount(s) of volume v"])
         self.assertEqual(driver.volumes()["v"]["mounts"], {})
         driver.remove("v")
+
+    def test_mounts_release_of_a_node_that_is_gone(self):
+        """Node b died with a volume mounted: --release on node a released
+        nothing, said it had, and the volume could never be removed."""
+        nodes = os.path.join(self.root, ".docker-volume-plugin", "nodes")
+        a = dvp.DirectoryDriver(self.root, os.path.join(nodes, "a"), shared=True)
+        self.addCleanup(a.close)
+        b = dvp.DirectoryDriver(self.root, os.path.join(nodes, "b"), shared=True)
+        a.create("v", {})
+        b.mount("v", MOUNT_ID)
+        sock = os.path.join(self.base, "a.sock")
+        server = dvp.UnixPluginServer(sock, a).start()
+        self.addCleanup(server.stop, 1.0)
+        here = ["mounts", "--root", self.root, "--plugin", sock, "--release", "v"]
+        code, out, err = run_main(self, *here + ["--node", "a"])
+        self.assertEqual((code, out), (0, "volume v has no mounts\n"))
+        code, out, err = run_main(self, *here + ["--node", "b", "--force"])
+        self.assertEqual(code, 1)  # b still serves: released there, not from here
+        self.assertIn("node b's plugin is running", err)
+        b.close()  # the node is gone
+        code, out, err = run_main(self, *here + ["--node", "b"])
+        self.assertEqual(code, 1)
+        self.assertIn("node b's engine cannot be asked from here", err)
+        code, out, err = run_main(self, *here + ["--node", "b", "--force"])
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.splitlines()[-1], "released 1 mount(s) of volume v on node b")
+        a.remove("v")  # nothing mounted anywhere now
+        self.assertEqual(a.list(), [])
 
     @unittest.skipUnless(os.geteuid() == 0 and shutil.which("mkfs.ext4"), "needs root and mkfs.ext4")
     def test_quota_example_enforces_its_size_and_passes_check(self):
@@ -4447,12 +4483,18 @@ class EngineTests(unittest.TestCase):
         self.assertEqual(refused.returncode, 1)
         self.assertIn("Docker's running container(s) %s-user use volume held" % name, refused.stderr)
         self.docker("rm", "-f", name + "-user")
-        # A mount no engine will release (its container died with a crashed engine):
+        # A mount that no container of this Docker holds: another engine's
+        # (Podman, a second Docker), or a container removed since. Not proved
+        # unused, so kept without --force.
         with dvp.PluginClient(name) as client:
             client.mount("held", "f" * 64)
         self.assertIn("in use", self.docker("volume", "rm", "held", check=False).stderr)
-        released = _command(command + ["--release", "held"])
-        self.assertEqual(released.stdout, "released 1 mount(s) of volume held\n")
+        kept = _command(command + ["--release", "held"], check=False)
+        self.assertEqual((kept.returncode, kept.stdout), (1, "released 0 mount(s) of volume held, "
+                                                             "kept 1\n"))
+        self.assertIn("no container of this Docker holds it", kept.stderr)
+        released = _command(command + ["--release", "held", "--force"])
+        self.assertEqual(released.stdout.splitlines()[-1], "released 1 mount(s) of volume held")
         self.docker("volume", "rm", "held")
 
     def test_a_container_stopped_while_the_plugin_was_down_leaves_a_mount_shown_and_released(self):
@@ -4462,8 +4504,9 @@ class EngineTests(unittest.TestCase):
         proc.terminate()  # the plugin is down: an upgrade, a restart
         proc.wait(15)
         # Its Unmount fails: the engine retries for 15 s, logs "Failed to umount
-        # volumes" and moves on, and never sends it again.
-        self.docker("rm", "-f", name + "-c")
+        # volumes" and moves on, and never sends it again. The stopped
+        # container keeps the mount's ID: proof that this Docker mounted it.
+        self.docker("stop", "-t", "0", name + "-c")
         self.start_plugin(name=name, root=root)
         self.assertEqual(self.inspect("kept")["Status"]["mounts"], 1)  # still counted
         self.assertIn("in use", self.docker("volume", "rm", "kept", check=False).stderr)
@@ -4471,7 +4514,10 @@ class EngineTests(unittest.TestCase):
         shown = _command(command)
         self.assertRegex(shown.stdout, r"\nkept\s+1\s+none: stale\?\s+[0-9a-f]{64}\(1\)\n")
         released = _command(command + ["--release", "kept"])
-        self.assertEqual(released.stdout, "released 1 mount(s) of volume kept\n")
+        self.assertRegex(released.stdout, r"\Areleased mount [0-9a-f]{64} \(1\) of volume kept: "
+                         r"Docker's container %s-c holds it and has stopped\nreleased 1 mount\(s\) "
+                         r"of volume kept\n\Z" % name)
+        self.docker("rm", name + "-c")
         self.docker("volume", "rm", "kept")
 
     def test_socket_activated_plugin_is_started_by_the_engines_first_call(self):
@@ -5265,6 +5311,30 @@ class PodmanTests(unittest.TestCase):
         self.podman("stop", "-t", "0", self.name + "-b")
         self.assertEqual(self.status("data")["mounts"], 0)
         self.assert_views_agree(["data"])
+
+    def test_mounts_release_keeps_a_mount_a_running_podman_container_uses(self):
+        """Podman beside Docker: --release asked Docker, which runs no container
+        with the volume, and released Podman's mount under its running
+        container; the volume could then be removed under it."""
+        self.start_plugin()
+        self.podman("volume", "create", "--driver", self.name, "data")
+        self.run_container("-d", "--name", self.name + "-c", "-v", "data:/data", IMAGE, "sleep", "300")
+        self.assertEqual(self.status("data")["mounts"], 1)
+        command = [sys.executable, MODULE, "mounts", "--root", self.root, "--plugin", self.sock,
+                   "--release", "data"]
+        env = dict(os.environ, CONTAINERS_CONF=self.conf, PYTHONPATH=HERE)
+        kept = _command(command, check=False, env=env)
+        self.assertEqual(kept.returncode, 1, kept.stderr)
+        self.assertIn("mount %s (1) of volume data: Podman's running container(s) %s-c use it"
+                      % (dvp._PODMAN_MOUNT_ID, self.name), kept.stderr)
+        self.assertEqual(self.status("data")["mounts"], 1)
+        self.podman("stop", "-t", "0", self.name + "-c")
+        self.assertEqual(self.status("data")["mounts"], 0)
+        with dvp.PluginClient(self.sock) as client:  # as left by a stop while the plugin was down
+            client.mount("data", dvp._PODMAN_MOUNT_ID)
+        released = _command(command, env=env)
+        self.assertIn("of volume data: Podman runs no container that uses it\n", released.stdout)
+        self.assertEqual(self.status("data")["mounts"], 0)
 
     def test_rm_prune_and_reload(self):
         self.start_plugin()
