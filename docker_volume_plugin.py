@@ -2337,6 +2337,7 @@ class _PluginServerMixin(_ServerBase):
         self._thread = None  # type: Optional[threading.Thread]
         self._lock = threading.Lock()
         self._slot_freed = threading.Condition(self._lock)  # a connection ended
+        self._ended = 0  # connections ended so far: a wakeup is never missed
         self._handlers = set()  # type: set  # of PluginRequestHandler
         self._connections = 0
         self._body_memory = 0
@@ -2379,6 +2380,7 @@ class _PluginServerMixin(_ServerBase):
         connection is busy, this waits (at most 20 looks a second).
         """
         with self._lock:
+            ended = self._ended
             idle = [handler for handler in self._handlers if not handler.busy]
             now = _monotonic()
             if now - self._limit_logged >= _LIMIT_LOG_INTERVAL:  # a flood logs no flood
@@ -2388,11 +2390,13 @@ class _PluginServerMixin(_ServerBase):
         if idle:
             min(idle, key=lambda handler: handler.idle_since).hang_up()  # its slot comes free
         with self._lock:
-            self._slot_freed.wait(0.05)
+            if self._ended == ended:  # not already: one may end before we wait
+                self._slot_freed.wait(0.05)
 
     def _free_slot(self) -> None:
         with self._lock:
             self._connections -= 1
+            self._ended += 1
             self._slot_freed.notify_all()
 
     def add_handler(self, handler: "PluginRequestHandler") -> None:
