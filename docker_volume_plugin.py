@@ -2052,12 +2052,16 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         """Shut the connection down if it is late, by the server's deadlines.
 
         Late with a request (or with reading our reply), its reads are shut,
-        so that it is answered 408; the second time, its writes too. Idle
-        for over ``idle_timeout``, it is closed.
+        so that it is answered 408, with a deadline of its own; late with
+        that too, its writes are shut. Idle for over ``idle_timeout``, it is
+        closed.
         """
         with self._clock:
             if self._deadline is not None and now > self._deadline:
                 how = socket.SHUT_RDWR if self._timed_out else socket.SHUT_RD
+                # The 408 is due by then: its thread may not even have woken
+                # before the loop's next turn, a few milliseconds away.
+                self._deadline = now + self.server.request_timeout
             elif not self._busy and now - self._idle_since > self.server.idle_timeout:
                 how = socket.SHUT_RDWR
             else:
