@@ -52,10 +52,12 @@ author can stop reading after section 3:
    their limits, ``server_tls_context``, ``write_spec_file`` and
    ``write_json_spec_file``.
 6. systemd: socket activation, readiness and the watchdog.
-7. ``serve``: the servers until a signal.
-8. Client and lookup: ``PluginClient``, ``find_plugin``, as the engines do it.
-9. Checker: ``check_plugin``, the engines' call sequences and rules.
-10. Command line: ``serve``, ``mounts``, ``check``, ``plugin-config``.
+7. Observing: Prometheus metrics, the call trace, journald's priorities.
+8. ``serve``: the servers until a signal.
+9. Client and lookup: ``PluginClient``, ``find_plugin``, as the engines do it.
+10. Checker: ``check_plugin``, the engines' call sequences and rules.
+11. Tap: a recording proxy in front of any running plugin.
+12. Command line: ``serve``, ``mounts``, ``check``, ``tap``, ``plugin-config``.
 """
 
 __version__ = "0.2.0"
@@ -69,6 +71,7 @@ __all__ = [  # what README's Reference section lists, and nothing else
     "PluginClient", "PluginCallError", "find_plugin", "PluginLookup", "check_plugin", "main",
 ]
 
+import bisect
 import contextlib
 import datetime
 import errno
@@ -87,6 +90,8 @@ import threading
 import time
 import http.client
 import http.server
+import itertools
+import struct
 
 # Type hints are written as strings and the typing names imported only for type
 # checkers: importing ``typing`` would cost up to 4 ms of every start-up, and
@@ -517,6 +522,7 @@ class Plugin(object):
         #: ``capabilities()`` say (``serve --scope``).
         self.scope = None  # type: Optional[str]
         self.driver = None  # type: Any
+        self._outcomes = threading.local()  # each thread's last call's, for _take_outcome()
         self._routes = {}  # type: Dict[str, Tuple[Callable[[Dict[str, Any]], Dict[str, Any]], bool]]
         self.add_route("/Plugin.Activate", self._activate, read_only=False)
         if driver is not None:
@@ -563,6 +569,7 @@ class Plugin(object):
         route = self._routes.get(path)
         if route is None:
             log.warning("%r: unknown endpoint", path)
+            self._outcomes.last = "unknown_endpoint"
             return 404, _error_body("unknown endpoint %r; this plugin implements %s"
                                     % (path, ", ".join(self.implements) or "nothing"))
         handler, read_only = route
@@ -579,9 +586,20 @@ class Plugin(object):
         except Exception as exc:
             status = exc.status if isinstance(exc, PluginError) else 500
             self._log_call(path, request, started, exc, read_only)
+            self._outcomes.last = ("not_found" if isinstance(exc, VolumeNotFound) else
+                                   "refused" if isinstance(exc, PluginError) else "exception")
             return status, _error_body(_error_text(exc))
         self._log_call(path, request, started, None, read_only)
+        self._outcomes.last = "ok"
         return 200, encoded
+
+    def _take_outcome(self, status: int) -> str:
+        """The outcome of the call :meth:`handle` just answered in this thread,
+        for the metrics: ``ok``, ``not_found`` (the engines' probing),
+        ``refused`` (a PluginError), ``exception`` (any other: a bug),
+        ``unknown_endpoint``; by the status if an override never said."""
+        outcome = self._outcomes.__dict__.pop("last", None)
+        return outcome or ("ok" if status == 200 else "refused")
 
     @staticmethod
     def undoes(path: str) -> bool:
@@ -970,6 +988,16 @@ def _nodes_mounting(state_dir: str, run_dir: str, name: str) -> "List[str]":
     return nodes
 
 
+#: Words that make an option a secret, whose value is never shown or logged.
+_SECRET_WORDS = ("password", "secret", "token", "key")
+
+
+def _has_secret_word(option: str, words: "Iterable[str]" = _SECRET_WORDS) -> bool:
+    """Whether an option is a secret: its name holds one of ``words``. What a
+    trace hides of a driver that is no :class:`Driver`."""
+    return any(word in option.lower() for word in words)
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -1055,7 +1083,7 @@ class Driver(object):
     #: holding it (SIGSTOP, a hung NFS client) must not hang every node.
     #: Under Docker's 60 s deadline for Remove and Unmount.
     shared_lock_timeout = 30.0
-    secret_words = ("password", "secret", "token", "key")
+    secret_words = _SECRET_WORDS
     scope = "local"
     name_pattern = _VOLUME_NAME
     max_name_length = _MAX_VOLUME_NAME
@@ -1373,7 +1401,7 @@ class Driver(object):
         return parsed
 
     def is_secret(self, option: str) -> bool:
-        return any(word in option.lower() for word in self.secret_words)
+        return _has_secret_word(option, self.secret_words)
 
     def redact(self, options: "Dict[str, str]") -> "Dict[str, str]":
         """``options`` with every secret's value hidden."""
@@ -1651,6 +1679,15 @@ class Driver(object):
     def _upgrade(self) -> None:
         """Convert state of an earlier version; nothing by default."""
 
+    def _tally(self) -> "Tuple[int, int, int]":
+        """The volumes, the mounts counted and the detaches pending: the metrics'."""
+        with self._tables_lock:
+            volumes, states = len(self._volumes), list(self._mounts.values())
+        if self.shared:  # the records are on disk, every node's
+            volumes = len(self._snapshot())
+        return (volumes, sum(sum(state["mounts"].values()) for state in states),
+                sum(1 for state in states if state["pending"] == "detach"))
+
     def _foreign_mountpoint(self, name: str, record: "Dict[str, Any]",
                             stored: "Optional[str]") -> "Optional[str]":
         """Why a count file's mountpoint is not to be handed out, or None: it
@@ -1883,6 +1920,7 @@ _HEX_DIGITS = re.compile(br"[0-9A-Fa-f]{1,16}\Z")
 #: Headers a request may carry once: two lengths or hosts are a smuggling attempt.
 _SINGLE_HEADERS = frozenset(["content-length", "transfer-encoding", "host"])
 _DATE = [0, ""]  # type: List[Any]  # the Date header's second and text
+_CONNECTION_IDS = itertools.count(1)  # next() on it is atomic in CPython
 
 
 class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
@@ -1908,7 +1946,8 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
     limits ``max_body_bytes``, ``max_body_memory``, ``small_body``,
     ``max_chunk_line``, ``request_timeout`` and ``idle_timeout``,
     ``stopping``, ``add_handler``/``remove_handler`` (around each
-    connection) and ``reserve_body``/``release_body`` (around each body).
+    connection), ``reserve_body``/``release_body`` (around each body) and
+    ``observers``, each told of every call (the metrics, the trace).
     """
 
     protocol_version = "HTTP/1.1"
@@ -1935,6 +1974,9 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         self._busy = False  # from a request's first byte until its reply is sent
         self._idle_since = _monotonic()  # when it last began to wait for a request
         self._reserved = 0  # bytes of the server's body memory this request holds
+        #: A number for the connection, unique in the process: the trace's ``connection``.
+        self.connection_id = next(_CONNECTION_IDS)
+        self._peer = None  # type: Optional[Dict[str, Any]]
 
     def handle(self) -> None:
         self.server.add_handler(self)
@@ -2003,23 +2045,68 @@ class PluginRequestHandler(http.server.BaseHTTPRequestHandler):
         if late:
             self.send_error(408)
             return
+        started = _monotonic()
+        answer = self._answer(body)
+        if answer is None:  # nobody waits for it any more
+            self.close_connection = True
+            return
+        status, reply, outcome = answer
+        try:
+            outcome = self._deliver(status, reply, body, outcome)
+        finally:
+            for observer in self.server.observers:
+                observer.called(self, body, status, reply, outcome, _monotonic() - started)
+
+    def _answer(self, body: bytes) -> "Optional[Tuple[int, bytes, str]]":
+        """The status, reply and outcome of a call: the plugin's answer."""
         plugin = self.server.plugin
         status, reply = plugin.handle(self.path, body)
-        if status == 200 and plugin.undoes(self.path):
-            # Nobody may be waiting any more: Podman gives up after 5 s, the
-            # engine after 2 min, and neither sends an Unmount for a Mount it
-            # saw fail (moby volume/mounts/mounts.go; libpod/plugin).
-            delivered = not self._client_gone()
-            if delivered:
-                try:
-                    self._reply(status, reply)
-                except OSError:
-                    delivered = False
-            if not delivered:
-                plugin.undo(self.path, body)
-                self.close_connection = True
-            return
-        self._reply(status, reply)
+        return status, reply, plugin._take_outcome(status)
+
+    def _deliver(self, status: int, reply: bytes, body: bytes, outcome: str) -> str:
+        """Send the reply; undo a Mount it could not deliver. Returns the
+        outcome, ``undelivered`` then."""
+        plugin = self.server.plugin
+        if status != 200 or not plugin.undoes(self.path):
+            self._reply(status, reply)
+            return outcome
+        # Nobody may be waiting any more: Podman gives up after 5 s, the
+        # engine after 2 min, and neither sends an Unmount for a Mount it
+        # saw fail (moby volume/mounts/mounts.go; libpod/plugin).
+        delivered = not self._client_gone()
+        if delivered:
+            try:
+                self._reply(status, reply)
+            except OSError:
+                delivered = False
+        if delivered:
+            return outcome
+        plugin.undo(self.path, body)
+        self.close_connection = True
+        return "undelivered"
+
+    @property
+    def peer(self) -> "Dict[str, Any]":
+        """Who calls: on a Unix socket the ``pid``, ``uid`` and ``command``
+        of the process that connected (SO_PEERCRED: dockerd, podman, ...),
+        on TCP its ``address``. Looked up once, when first asked."""
+        if self._peer is None:
+            if self.connection.family != socket.AF_UNIX:
+                self._peer = {"address": "%s:%s" % tuple(self.client_address[:2])}
+                return self._peer
+            try:
+                pid, uid, _ = struct.unpack("3i", self.connection.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+            except OSError:
+                self._peer = {}
+                return self._peer
+            self._peer = {"pid": pid, "uid": uid}
+            try:  # gone already, or in a PID namespace we cannot see (pid 0)
+                with open("/proc/%d/comm" % pid) as comm:
+                    self._peer["command"] = comm.read().strip()
+            except OSError:
+                pass
+        return self._peer
 
     def send_error(self, code: int, message: "Optional[str]" = None,
                    explain: "Optional[str]" = None) -> None:
@@ -2338,6 +2425,9 @@ class _PluginServerMixin(_ServerBase):
             setattr(self, name, value)
         #: Set once the server is stopping: replies then close their connections.
         self.stopping = False
+        #: Told of every call: ``observer.called(handler, body, status,
+        #: reply, outcome, seconds)`` (the metrics, the trace).
+        self.observers = []  # type: List[Any]
         self._thread = None  # type: Optional[threading.Thread]
         self._lock = threading.Lock()
         self._slot_freed = threading.Condition(self._lock)  # a connection ended
@@ -2588,6 +2678,7 @@ class UnixPluginServer(_PluginServerMixin, socketserver.UnixStreamServer):
     """
 
     server_address: str  # the socket's path
+    handler_class = PluginRequestHandler
 
     def __init__(self, path: "Optional[str]", plugin: "Any", mode: int = 0o660,
                  group: "Optional[Any]" = None, sock: "Optional[socket.socket]" = None,
@@ -2598,13 +2689,13 @@ class UnixPluginServer(_PluginServerMixin, socketserver.UnixStreamServer):
         self._inode = None  # type: Optional[Tuple[int, int]]
         self._lock_fd = -1
         if sock is not None:  # listening already, and owned by whoever made it
-            socketserver.UnixStreamServer.__init__(self, sock.getsockname(), PluginRequestHandler,
+            socketserver.UnixStreamServer.__init__(self, sock.getsockname(), self.handler_class,
                                                    bind_and_activate=False)
             self.socket.close()
             self.socket = sock
             return
         socketserver.UnixStreamServer.__init__(self, os.path.abspath(str(path)),
-                                               PluginRequestHandler)
+                                               self.handler_class)
 
     @property
     def address(self) -> str:
@@ -2894,6 +2985,321 @@ class _Systemd(object):
         self._stop.set()
 
 ###############################################################################
+# Observing: metrics, the call trace, logs under systemd ######################
+###############################################################################
+
+#: Upper bounds of the call-duration histogram, in seconds: past Podman's 5 s
+#: deadline (libpod/plugin/volume_api.go) up to Docker's longest, 2 minutes
+#: for Create and Mount (moby volume/drivers/proxy.go).
+_DURATION_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+#: The endpoints a metric label names; any other path is counted as
+#: ``other``: the client chooses it, and a label must not grow without bound.
+_ENDPOINTS = frozenset(["/Plugin.Activate"] + [path for path, _, _ in _VOLUME_ROUTES])
+_METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_METRIC_PREFIX = "docker_volume_plugin_"
+
+
+def _labels(**labels: "Any") -> str:
+    """``{name="value",...}`` in Prometheus's text format, values escaped."""
+    return "{%s}" % ",".join('%s="%s"' % (name, str(value).replace("\\", "\\\\")
+                                         .replace('"', '\\"').replace("\n", "\\n"))
+                             for name, value in sorted(labels.items()))
+
+
+class _Metrics(object):
+    """Counts every call (an observer of the servers) and renders the counts,
+    the servers' connections and limits and the driver's volumes in
+    Prometheus's text format. No volume name or option is ever a label."""
+
+    def __init__(self, plugin: Plugin, servers: "List[Any]") -> None:
+        self.plugin, self.servers = plugin, servers
+        self._lock = threading.Lock()
+        self._calls = {}  # type: Dict[Tuple[str, str], int]  # (endpoint, outcome) -> calls
+        # endpoint -> calls in each bucket (not cumulative), +Inf's, then the sum of seconds
+        self._durations = {}  # type: Dict[str, List[float]]
+        self._started = time.time()
+
+    def called(self, handler: "Any", body: bytes, status: int, reply: bytes, outcome: str,
+               seconds: float) -> None:
+        endpoint = handler.path if handler.path in _ENDPOINTS else "other"
+        with self._lock:
+            key = (endpoint, outcome)
+            self._calls[key] = self._calls.get(key, 0) + 1
+            histogram = self._durations.get(endpoint)
+            if histogram is None:
+                histogram = self._durations[endpoint] = [0] * (len(_DURATION_BUCKETS) + 2)
+            histogram[bisect.bisect_left(_DURATION_BUCKETS, seconds)] += 1
+            histogram[-1] += seconds
+
+    def render(self) -> bytes:
+        """Every metric, in Prometheus's text exposition format 0.0.4."""
+        lines = []  # type: List[str]
+
+        def family(name: str, kind: str, text: str,
+                   samples: "Iterable[Tuple[str, str, Any]]") -> None:
+            lines.append("# HELP %s%s %s" % (_METRIC_PREFIX, name, text))
+            lines.append("# TYPE %s%s %s" % (_METRIC_PREFIX, name, kind))
+            lines.extend("%s%s%s %r" % (_METRIC_PREFIX, sample, labels, value)
+                         for sample, labels, value in samples)
+
+        with self._lock:
+            calls = sorted(self._calls.items())
+            durations = sorted((endpoint, list(counts))
+                               for endpoint, counts in self._durations.items())
+        family("calls_total", "counter", "Calls answered, by endpoint and outcome (ok, "
+               "not_found, refused, exception, undelivered: a reply the client never took, "
+               "so a Mount undone).",
+               (("calls_total", _labels(endpoint=endpoint, outcome=outcome), count)
+                for (endpoint, outcome), count in calls))
+        histogram = []  # type: List[Tuple[str, str, Any]]
+        for endpoint, counts in durations:
+            cumulative = 0  # type: float  # whole calls, kept as int
+            for bound, count in zip(_DURATION_BUCKETS + (float("inf"),), counts):
+                cumulative += count
+                histogram.append(("call_duration_seconds_bucket", _labels(
+                    endpoint=endpoint, le="+Inf" if bound == float("inf") else "%g" % bound),
+                    cumulative))
+            histogram.append(("call_duration_seconds_sum", _labels(endpoint=endpoint),
+                              counts[-1]))
+            histogram.append(("call_duration_seconds_count", _labels(endpoint=endpoint),
+                              cumulative))
+        family("call_duration_seconds", "histogram", "Seconds from a request read whole to "
+               "its reply sent, by endpoint.", histogram)
+        handlers = [(server, server.handlers()) for server in self.servers]
+        family("calls_in_flight", "gauge", "Requests being read or answered now.",
+               [("calls_in_flight", "", sum(each.busy for _, ones in handlers for each in ones))])
+        family("connections", "gauge", "Connections open now, by listener.",
+               (("connections", _labels(listener=server.address), len(ones))
+                for server, ones in handlers))
+        family("limit", "gauge", "The limits the listener holds connections to "
+               "(serve --limit).", (("limit", _labels(listener=server.address, limit=name),
+                                     getattr(server, name))
+                                    for server in self.servers for name in _LIMITS))
+        if isinstance(self.plugin.driver, Driver):
+            volumes, mounts, pending = self.plugin.driver._tally()
+            for name, value, text in (
+                    ("volumes", volumes, "Volumes the driver keeps."),
+                    ("mounts", mounts, "Mounts counted, over all volumes and mount IDs."),
+                    ("pending_detaches", pending, "Volumes unmounted whose detach failed and "
+                     "is tried again.")):
+                family(name, "gauge", text, [(name, "", value)])
+        family("build_info", "gauge", "The library's version and the Python running it.",
+               [("build_info", _labels(version=__version__,
+                                       python=".".join(map(str, sys.version_info[:3]))), 1)])
+        family("start_time_seconds", "gauge", "When the plugin started, in seconds since "
+               "the epoch.", [("start_time_seconds", "", self._started)])
+        return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+class _MetricsHandler(http.server.BaseHTTPRequestHandler):
+    """``GET /metrics``, and a 404 for anything else."""
+
+    server: "_MetricsServer"
+    #: Seconds a scrape's socket may wait, so a stalled client holds no thread for ever.
+    timeout = 10.0
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] != "/metrics":
+            self.send_error(404, "the metrics are at /metrics")
+            return
+        body = self.server.metrics.render()
+        self.send_response(200)
+        self.send_header("Content-Type", _METRICS_MEDIA_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: "Any") -> None:
+        log.debug("metrics: %s %s", self.address_string(), format % args)
+
+
+class _MetricsServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """The metrics on a listener of their own (``serve --metrics``): a
+    scrape never waits behind the engine's calls, nor they behind it."""
+
+    allow_reuse_address = True
+    daemon_threads = True
+    server_address: "Tuple[Any, ...]"  # (host, port), and more on IPv6
+
+    def __init__(self, address: "Tuple[str, int]", metrics: _Metrics) -> None:
+        host = address[0] or "127.0.0.1"
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.metrics = metrics
+        socketserver.TCPServer.__init__(self, (host, address[1]), _MetricsHandler)
+
+    @property
+    def address(self) -> str:
+        host, port = self.server_address[:2]
+        return "http://%s:%d/metrics" % ("[%s]" % host if ":" in host else host, port)
+
+
+class _MetricsFile(object):
+    """The metrics written to a file every ``interval`` seconds, for a plugin
+    nobody can scrape: node_exporter's textfile collector reads ``*.prom``
+    files, each replaced atomically (its temporary name ends otherwise)."""
+
+    #: Seconds between two writes.
+    interval = 5.0
+
+    def __init__(self, path: str, metrics: _Metrics) -> None:
+        if not path.endswith(".prom"):
+            raise ValueError("metrics file %s: node_exporter's textfile collector reads only "
+                             "files named *.prom" % path)
+        self.path, self.metrics = os.path.abspath(path), metrics
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="docker-volume-plugin-metrics")
+        self._thread.daemon = True
+
+    def start(self) -> None:
+        self.write()
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.ident is not None:  # started
+            self._stopped.set()
+            self._thread.join()
+            self.write()
+
+    def write(self) -> None:
+        try:
+            _write_file_atomically(self.path, self.metrics.render(), 0o644, durable=False)
+        except OSError as exc:
+            log.warning("cannot write the metrics to %s: %s", self.path, exc.strerror or exc)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            self.write()
+
+
+class _Trace(object):
+    """One JSON line per call (an observer of the servers): when, which
+    connection, which process (:attr:`PluginRequestHandler.peer`), the
+    endpoint, the request and the reply with every secret option's value
+    hidden, the status, the outcome and the milliseconds taken. Written to
+    ``path``, readable by its owner alone, or to ``stream``."""
+
+    #: Bytes the file may reach; it is then renamed ``PATH.1``, replacing the
+    #: one before, and begun anew: a trace takes at most twice this.
+    max_bytes = 64 << 20
+    #: Longest body traced whole, in bytes; a longer one is traced as its size.
+    max_body = 64 * 1024
+
+    def __init__(self, path: "Optional[str]", is_secret: "Callable[[str], bool]",
+                 stream: "Any" = None) -> None:
+        self.path, self.is_secret = path, is_secret
+        self._lock = threading.Lock()
+        self._file = stream
+        self._size = 0
+        if path is not None:
+            self._open()
+
+    def _open(self) -> None:
+        assert self.path is not None
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | _CREATE_FLAGS, 0o600)
+        self._size = os.fstat(fd).st_size
+        self._file = os.fdopen(fd, "a", encoding="utf-8")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None and self.path is not None:
+                self._file.close()
+            self._file = None
+
+    def called(self, handler: "Any", body: bytes, status: int, reply: bytes, outcome: str,
+               seconds: float) -> None:
+        line = _encode_json({
+            "time": datetime.datetime.now(_UTC).isoformat(),
+            "connection": handler.connection_id, "peer": handler.peer,
+            "endpoint": handler.path, "request": self._body(body), "status": status,
+            "reply": self._body(reply), "outcome": outcome,
+            "duration_ms": round(seconds * 1000.0, 3)}).decode("ascii") + "\n"
+        with self._lock:
+            if self._file is None:
+                return
+            try:
+                if self.path is not None and self._size and self._size + len(line) > self.max_bytes:
+                    self._file.close()
+                    os.replace(self.path, self.path + ".1")
+                    self._open()
+                self._file.write(line)
+                self._file.flush()
+                self._size += len(line)
+            except (OSError, ValueError) as exc:  # full, or closed under us
+                log.warning("trace: cannot write to %s: %s", self.path or "the output", exc)
+
+    def _body(self, data: bytes) -> "Any":
+        """A body as JSON where it is, as text where not; Opts' secrets hidden."""
+        if len(data) > self.max_body:
+            return {"bytes": len(data)}
+        try:
+            value = json.loads(data.decode("utf-8")) if data.strip() else None
+        except ValueError:  # UnicodeDecodeError too
+            return data.decode("utf-8", "replace")
+        if isinstance(value, dict) and isinstance(value.get("Opts"), dict):
+            value["Opts"] = dict((key, "****" if self.is_secret(str(key)) else option)
+                                 for key, option in value["Opts"].items())
+        return value
+
+
+def _switch_trace(servers: "List[Any]", path: str, is_secret: "Callable[[str], bool]") -> None:
+    """Start tracing every call to ``path``, or stop if a trace runs (SIGUSR2)."""
+    running = [each for each in servers[0].observers if isinstance(each, _Trace)]
+    if running:
+        for server in servers:
+            server.observers = [each for each in server.observers if each is not running[0]]
+        running[0].close()
+        log.info("trace stopped; it is in %s", path)
+        return
+    try:
+        _make_directories(os.path.dirname(os.path.abspath(path)), 0o700)
+        trace = _Trace(path, is_secret)
+    except OSError as exc:
+        log.error("cannot trace to %s: %s", path, exc.strerror or exc)
+        return
+    for server in servers:
+        server.observers = server.observers + [trace]
+    log.info("tracing every call to %s (SIGUSR2 stops it)", path)
+
+
+#: journald's priority for each logging level, highest level first (sd-daemon(3)).
+_JOURNAL_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+                       (logging.INFO, 6))
+
+
+class _JournalFormatter(logging.Formatter):
+    """Every line prefixed with its priority, ``<2>`` to ``<7>``, as journald
+    reads a service's stderr (sd-daemon(3)): ``journalctl -p warning`` then
+    finds the warnings. journald adds the time."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = next((value for level, value in _JOURNAL_PRIORITIES
+                         if record.levelno >= level), 7)
+        return "\n".join("<%d>%s" % (priority, line)
+                         for line in logging.Formatter.format(self, record).split("\n"))
+
+
+def _stderr_is_the_journal() -> bool:
+    """Whether stderr is the journal: systemd then sets JOURNAL_STREAM to its
+    device and inode (systemd.exec(5)); a redirection would change them."""
+    expected = os.environ.get("JOURNAL_STREAM")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (AttributeError, ValueError, OSError):  # no stderr at all
+        return False
+    return expected == "%d:%d" % (st.st_dev, st.st_ino)
+
+
+def _configure_logging(level: str) -> None:
+    """Log to stderr at ``level``: with priorities for journald under systemd,
+    with the time otherwise."""
+    handler = logging.StreamHandler()
+    if _stderr_is_the_journal():
+        handler.setFormatter(_JournalFormatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+###############################################################################
 # serve(): the servers until a signal #########################################
 ###############################################################################
 
@@ -2937,11 +3343,58 @@ def _describe(plugin: Plugin, servers: "List[Any]") -> str:
                            ", ".join(each.address for each in servers))
 
 
+#: The signals that would end the process: each stops it cleanly instead.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+class _SignalStop(object):
+    """Stops a server on a signal that would end the process, so that it
+    removes its socket: one left behind makes Docker hang 15 s on each
+    ``volume ls``. Handled from before the server exists: a signal that
+    comes before :meth:`watch` stops the server as soon as it is watched."""
+
+    def __init__(self) -> None:
+        self.server = None  # type: Any
+        self.received = None  # type: Optional[int]
+
+    def __call__(self, signum: int, frame: "Any") -> None:
+        log.info("signal %d received: stopping", signum)
+        self.received = signum
+        if self.server is not None:
+            self._stop()
+
+    def watch(self, server: "Any") -> None:
+        self.server = server
+        if self.received is not None:
+            self._stop()
+
+    def _stop(self) -> None:
+        if not self.server.stopping:  # the handler may have run inside watch()
+            self.server.stopping = True
+            # shutdown() waits for serve_forever(), which runs in this very
+            # thread; called first, it makes serve_forever() return at once.
+            threading.Thread(target=self.server.shutdown).start()
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> "Iterator[_SignalStop]":
+    """Every signal of :data:`_STOP_SIGNALS` to a :class:`_SignalStop`, until the end."""
+    stop = _SignalStop()
+    previous = dict((sig, signal.signal(sig, stop)) for sig in _STOP_SIGNALS)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optional[str]" = None,
           tcp_address: "Optional[Tuple[str, int]]" = None, spec_dir: str = PLUGIN_SPEC_DIR,
           group: "Optional[Any]" = None, tls_context: "Any" = None,
           spec_tls: "Optional[Dict[str, Any]]" = None, insecure_tcp: bool = False,
-          scope: "Optional[str]" = None, **limits: "Any") -> None:
+          scope: "Optional[str]" = None, metrics_address: "Optional[Tuple[str, int]]" = None,
+          metrics_file: "Optional[str]" = None, trace: "Optional[str]" = None,
+          **limits: "Any") -> None:
     """Serve ``driver`` (a driver or a :class:`Plugin`) until SIGTERM or SIGINT.
 
     Listens on ``socket_path`` (default ``/run/docker/plugins/NAME.sock``), or
@@ -2961,58 +3414,101 @@ def serve(driver: "Any", name: str = "docker-volume-plugin", socket_path: "Optio
     Under systemd it reports readiness, status and stopping, and keeps the
     watchdog fed while it serves (sd_notify(3)). Must be called from the main
     thread.
+
+    Observing it: ``metrics_address`` (host, port) serves Prometheus's
+    ``GET /metrics`` there, on loopback unless ``insecure_tcp``;
+    ``metrics_file`` writes the same text to a ``*.prom`` file every few
+    seconds; ``trace`` writes a JSON line per call to that file. SIGUSR2
+    starts a trace, or stops the one that runs (to ``trace``, by default
+    ``/run/docker-volume-plugin/NAME.trace``).
     """
     plugin = driver if isinstance(driver, Plugin) else Plugin(driver)
     if scope is not None:
         if scope not in _SCOPES:
             raise ValueError("scope must be 'local' or 'global', not %r" % scope)
         plugin.scope = scope
+    if metrics_address is not None and not insecure_tcp and \
+            not _is_loopback(metrics_address[0] or "127.0.0.1"):
+        raise ValueError("refusing the metrics on %s: anyone who can reach it could watch what "
+                         "the plugin does. Scrape it on loopback, or say --insecure-tcp"
+                         % metrics_address[0])
+    is_secret = getattr(plugin.driver, "is_secret", None) or _has_secret_word
+    trace_path = trace or os.path.join(_RUN_DIR, name + ".trace")
     servers = []  # type: List[Any]
-    for sock in _systemd_sockets():
-        if sock.family == socket.AF_UNIX:
-            servers.append(UnixPluginServer(None, plugin, sock=sock, **limits))
-        else:
-            # The same rule as for --tcp: systemd's ListenStream=8080 is 0.0.0.0.
-            _refuse_plain_tcp(sock.getsockname()[:2], tls_context, insecure_tcp)
-            servers.append(TCPPluginServer(None, plugin, name=name, spec_dir=spec_dir, sock=sock,
-                                           tls_context=tls_context, spec_tls=spec_tls, **limits))
-    if not servers and tcp_address is not None:
-        _refuse_plain_tcp(tcp_address, tls_context, insecure_tcp)
-        servers.append(TCPPluginServer(tcp_address, plugin, name=name, spec_dir=spec_dir,
-                                       tls_context=tls_context, spec_tls=spec_tls, **limits))
-    elif not servers:
-        servers.append(UnixPluginServer(socket_path or _default_socket_path(name), plugin,
-                                        group=group, **limits))
-    server = servers[0]
-
-    def on_signal(signum: int, frame: "Any") -> None:
-        log.info("signal %d received: stopping", signum)
-        server.stopping = True
-        # shutdown() waits for serve_forever(), which runs in this very thread.
-        threading.Thread(target=server.shutdown).start()
-
+    metrics = None  # type: Optional[_Metrics]
+    metrics_server = None  # type: Optional[_MetricsServer]
+    metrics_thread = None  # type: Optional[threading.Thread]
+    metrics_writer = None  # type: Optional[_MetricsFile]
     _raise_descriptor_limit()
-    # Every signal that would end the process stops it cleanly, removing the
-    # socket: one left behind makes Docker hang 15 s on each `volume ls`.
-    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
-    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     systemd = _Systemd()
-    try:
-        for other in servers[1:]:
-            other.start()
-        description = _describe(plugin, servers)
-        log.info("serving %s", description)
-        systemd.notify("READY=1\nSTATUS=serving " + description)
-        systemd.start_watchdog(server.turning)
-        server.serve_forever(server.poll_interval)
-    finally:
-        systemd.notify("STOPPING=1")
-        systemd.stop_watchdog()
-        for each in servers:
-            each.stopping = True
-            each.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    previous_usr2 = signal.getsignal(signal.SIGUSR2)
+    with _stopped_by_signals() as stop:
+        try:
+            if metrics_address is not None or metrics_file is not None:
+                metrics = _Metrics(plugin, servers)  # of the servers made below
+                if metrics_file is not None:
+                    metrics_writer = _MetricsFile(metrics_file, metrics)
+                if metrics_address is not None:
+                    metrics_server = _MetricsServer(metrics_address, metrics)
+            for sock in _systemd_sockets():
+                if sock.family == socket.AF_UNIX:
+                    servers.append(UnixPluginServer(None, plugin, sock=sock, **limits))
+                else:
+                    # The same rule as for --tcp: systemd's ListenStream=8080 is 0.0.0.0.
+                    _refuse_plain_tcp(sock.getsockname()[:2], tls_context, insecure_tcp)
+                    servers.append(TCPPluginServer(None, plugin, name=name, spec_dir=spec_dir,
+                                                   sock=sock, tls_context=tls_context,
+                                                   spec_tls=spec_tls, **limits))
+            if not servers and tcp_address is not None:
+                _refuse_plain_tcp(tcp_address, tls_context, insecure_tcp)
+                servers.append(TCPPluginServer(tcp_address, plugin, name=name, spec_dir=spec_dir,
+                                               tls_context=tls_context, spec_tls=spec_tls,
+                                               **limits))
+            elif not servers:
+                servers.append(UnixPluginServer(socket_path or _default_socket_path(name), plugin,
+                                                group=group, **limits))
+            server = servers[0]
+            stop.watch(server)
+            if trace is not None:
+                tracer = _Trace(trace, is_secret)
+                for each in servers:
+                    each.observers.append(tracer)
+            signal.signal(signal.SIGUSR2, lambda signum, frame: _switch_trace(
+                servers, trace_path, is_secret))
+            if metrics is not None:
+                for each in servers:
+                    each.observers.append(metrics)
+            if metrics_server is not None:
+                metrics_thread = threading.Thread(target=metrics_server.serve_forever,
+                                                  name="docker-volume-plugin-metrics")
+                metrics_thread.daemon = True
+                metrics_thread.start()
+                log.info("metrics on %s", metrics_server.address)
+            if metrics_writer is not None:
+                metrics_writer.start()
+            for other in servers[1:]:
+                other.start()
+            description = _describe(plugin, servers)
+            log.info("serving %s", description)
+            systemd.notify("READY=1\nSTATUS=serving " + description)
+            systemd.start_watchdog(server.turning)
+            server.serve_forever(server.poll_interval)
+        finally:
+            systemd.notify("STOPPING=1")
+            systemd.stop_watchdog()
+            signal.signal(signal.SIGUSR2, previous_usr2)
+            for each in servers:
+                each.stopping = True
+                each.stop()
+            if metrics_server is not None:
+                if metrics_thread is not None:
+                    metrics_server.shutdown()
+                metrics_server.server_close()
+            if metrics_writer is not None:
+                metrics_writer.stop()
+            for observer in servers[0].observers if servers else ():
+                if isinstance(observer, _Trace):
+                    observer.close()
     log.info("stopped")
 
 ###############################################################################
@@ -3252,6 +3748,20 @@ def _address_parts(address: str) -> "Tuple[str, str]":
     return scheme, rest
 
 
+def _connection_for(address: str, tls: "Optional[Dict[str, Any]]") -> "Tuple[Any, str]":
+    """An HTTP connection to a plugin's address, and the Host header an
+    engine sends there (an empty one on a Unix socket, as a 20.10 engine)."""
+    scheme, rest = _address_parts(address)
+    if scheme == "unix":
+        return _UnixHTTPConnection(rest), ""
+    host = rest.rstrip("/")
+    if scheme in ("tcp", "http"):
+        return http.client.HTTPConnection(host), host
+    if scheme == "https":
+        return http.client.HTTPSConnection(host, context=_tls_context(tls)), host
+    raise ValueError("unsupported plugin address %r" % address)
+
+
 class PluginClient(object):
     """Talks to a plugin exactly as an engine does: Docker's or Podman's.
 
@@ -3288,18 +3798,7 @@ class PluginClient(object):
         self.engine = engine
         #: Overrides the engine's deadlines for every call when set.
         self.timeout = timeout
-        scheme, rest = _address_parts(target)
-        self._host = ""  # what a 20.10 engine sends over a Unix socket
-        if scheme == "unix":
-            self._connection = _UnixHTTPConnection(rest)  # type: Any
-        elif scheme in ("tcp", "http"):
-            self._host = rest.rstrip("/")
-            self._connection = http.client.HTTPConnection(self._host)
-        elif scheme == "https":
-            self._host = rest.rstrip("/")
-            self._connection = http.client.HTTPSConnection(self._host, context=_tls_context(tls))
-        else:
-            raise ValueError("unsupported plugin address %r" % target)
+        self._connection, self._host = _connection_for(target, tls)
         if engine == "podman":
             self._host = "plugin"
 
@@ -4122,7 +4621,209 @@ def _print_check(results: "List[Dict[str, Any]]", as_json: bool) -> int:
     return 1 if failed else 0
 
 ###############################################################################
-# Command line: serve, mounts, check, plugin-config ###########################
+# Tap: a recording proxy in front of any running plugin #######################
+###############################################################################
+
+#: The directory, in the socket directory, where a tap keeps the tapped
+#: plugin's socket and its record. The engine never finds NAME there: it
+#: looks for NAME.sock and NAME/NAME.sock only (moby pkg/plugins/discovery.go).
+_TAP_DIR = ".tap"
+
+
+class _TapPlugin(Plugin):
+    """What the tap's server serves itself: nothing, and it undoes nothing.
+    The plugin behind the tap sees the tap hang up when the engine does,
+    and undoes its own Mount."""
+
+    @staticmethod
+    def undoes(path: str) -> bool:
+        return False
+
+
+class _TapRequestHandler(PluginRequestHandler):
+    """Forwards each request to the tapped plugin, on a connection that
+    lives as long as the engine's, and the plugin's reply back: the body
+    byte for byte, the status as it is."""
+
+    server: "_TapServer"
+
+    def setup(self) -> None:
+        PluginRequestHandler.setup(self)
+        self._upstream = None  # type: Any
+
+    def finish(self) -> None:
+        try:
+            PluginRequestHandler.finish(self)
+        finally:
+            if self._upstream is not None:
+                self._upstream.close()  # the plugin sees the engine's hang-up
+
+    def _answer(self, body: bytes) -> "Optional[Tuple[int, bytes, str]]":
+        if self._upstream is None:
+            self._upstream, _ = _connection_for(self.server.upstream, self.server.upstream_tls)
+            self._upstream.timeout = None  # the engine keeps the deadline, as without a tap
+        connection = self._upstream
+        try:
+            connection.putrequest("POST", self.path, skip_host=True, skip_accept_encoding=True)
+            for name, value in self.headers.items():
+                if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    connection.putheader(name, value)
+            connection.putheader("Content-Length", str(len(body)))
+            connection.endheaders(body)
+            if not self._plugin_answers_first(connection.sock):
+                connection.close()  # so the plugin undoes a Mount nobody waits for
+                return None
+            response = connection.getresponse()
+            reply = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            # Hung up on, as the engine is by a plugin that is down: an
+            # error reply would be taken for the plugin's answer.
+            log.warning("%s: the plugin at %s did not answer: %s", self.path.lstrip("/"),
+                        self.server.upstream, _error_text(exc))
+            connection.close()
+            return None
+        return response.status, reply, "ok" if response.status == 200 else "error"
+
+    def _plugin_answers_first(self, upstream: "socket.socket") -> bool:
+        """Wait for the plugin's reply; False if the engine hangs up first."""
+        watched = [self.connection, upstream]
+        while True:
+            ready = select.select(watched, [], [])[0]
+            if upstream in ready:
+                return True
+            if self._client_gone():
+                return False
+            watched = [upstream]  # the engine sent more: wait for the plugin alone
+
+
+class _TapServer(UnixPluginServer):
+    """The tap's socket, forwarding to the plugin at ``upstream``."""
+
+    handler_class = _TapRequestHandler
+
+    def __init__(self, path: str, upstream: str, upstream_tls: "Optional[Dict[str, Any]]",
+                 mode: int, gid: int) -> None:
+        self.upstream, self.upstream_tls = upstream, upstream_tls
+        UnixPluginServer.__init__(self, path, _TapPlugin(), mode=mode, group=gid)
+
+
+def _tap_paths(name: str, socket_dir: str) -> "Tuple[str, str, str, str]":
+    """The engine's socket path for ``name``; where a tap moves the plugin's
+    socket; the tap's record; where the tap's socket is made."""
+    directory = os.path.join(socket_dir, _TAP_DIR)
+    return (os.path.join(socket_dir, name + ".sock"), os.path.join(directory, name + ".sock"),
+            os.path.join(directory, name + ".json"), os.path.join(directory, name + ".new.sock"))
+
+
+def _is_running(pid: int) -> bool:
+    """Whether process ``pid`` runs: it exists, and is no zombie."""
+    try:
+        with open("/proc/%d/stat" % pid) as process:
+            return process.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _untap(name: str, socket_dir: str = PLUGIN_SOCKET_DIR) -> "Optional[str]":
+    """Put back what a tap of ``name`` changed, as its record says; say what
+    was done, or None if no tap was there. Refuses while another tap runs."""
+    socket_path, moved, record_path, fresh = _tap_paths(name, socket_dir)
+    try:
+        record = json.loads(_read_regular(record_path).decode("utf-8"))
+        tap_inode = tuple(record["tap_inode"])
+        pid = int(record["pid"])
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError("%s is damaged (%s); put %s back by hand" % (record_path, exc, moved))
+    if pid != os.getpid() and _is_running(pid):
+        raise OSError(errno.EBUSY, "a tap of %s runs already, as pid %d: stop it first"
+                      % (name, pid))
+    try:
+        st = os.lstat(socket_path)
+        current = (st.st_dev, st.st_ino)  # type: Optional[Tuple[int, int]]
+    except FileNotFoundError:
+        current = None
+    if os.path.lexists(moved) and current in (tap_inode, None):
+        os.rename(moved, socket_path)  # in one step: the engine never finds it missing
+        done = "put the plugin's socket back at %s" % socket_path
+    elif current == tap_inode:  # behind a spec file: the tap's socket only shadowed it
+        os.unlink(socket_path)
+        done = "removed the tap's socket %s" % socket_path
+    else:  # the plugin made a new socket meanwhile: the one moved aside is stale
+        _unlink_quietly(moved)
+        done = "left the plugin's new socket %s as it is" % socket_path
+    _unlink_quietly(fresh)
+    _unlink_quietly(fresh + ".lock")  # _lock_beside()'s, of a tap killed
+    os.unlink(record_path)
+    try:
+        os.rmdir(os.path.dirname(record_path))
+    except OSError:  # another plugin's tap runs: its files are there
+        pass
+    return done
+
+
+def _tap(name: str, trace: "_Trace", socket_dir: str = PLUGIN_SOCKET_DIR,
+         spec_dirs: "Iterable[str]" = _PLUGIN_SPEC_DIRS) -> None:
+    """Stand between the engines and the running plugin ``name`` until a
+    signal, tracing every call; then put everything back as it was.
+
+    A plugin on ``SOCKET_DIR/NAME.sock`` keeps its listening socket: the
+    socket file is moved aside, and the tap's takes its place in one rename.
+    A plugin behind a spec file is shadowed by the tap's NAME.sock, which
+    the engine looks for first (moby pkg/plugins/discovery.go). A record
+    in ``SOCKET_DIR/.tap`` lets the next tap put things back after ``kill
+    -9``.
+    """
+    repaired = _untap(name, socket_dir)
+    if repaired:
+        log.warning("a tap of %s was not stopped cleanly; %s", name, repaired)
+    lookup = find_plugin(name, socket_dir, spec_dirs)
+    if lookup.address is None:
+        raise ValueError("plugin %r: %s" % (name, "; ".join(lookup.problems)))
+    socket_path, moved, record_path, fresh = _tap_paths(name, socket_dir)
+    scheme, rest = _address_parts(lookup.address)
+    behind_socket = scheme == "unix"
+    if behind_socket and rest != socket_path:
+        raise ValueError("plugin %r is at %s (%s): a tap stands in front of %s or of a spec "
+                         "file's address" % (name, rest, lookup.source, socket_path))
+    if behind_socket:
+        st = os.stat(socket_path)
+        mode, gid, upstream = stat.S_IMODE(st.st_mode), st.st_gid, "unix://" + moved
+    else:
+        mode, gid, upstream = 0o660, os.getgid(), lookup.address
+        # Docker keeps the address it found at a plugin's first use for its
+        # lifetime (moby pkg/plugins/plugins.go).
+        log.warning("%s is behind %s: an engine that used it already goes on calling %s "
+                    "directly, and one that first uses it now goes on calling %s after the "
+                    "tap stops; restart such an engine then", name, lookup.source,
+                    lookup.address, socket_path)
+    with _stopped_by_signals() as stop:
+        server = _TapServer(fresh, upstream, lookup.tls, mode, gid)
+        try:
+            server.observers.append(trace)
+            st = os.stat(fresh)
+            _write_file_atomically(record_path, _encode_json({
+                "pid": os.getpid(), "tap_inode": [st.st_dev, st.st_ino],
+                "plugin": lookup.address}), 0o600, durable=False)
+            if behind_socket:
+                os.link(socket_path, moved)  # the plugin's socket, under a name only we use
+            os.rename(fresh, socket_path)  # the engine's next connection reaches the tap
+            log.info("tapping %s: %s reaches the tap, which forwards every call to %s",
+                     name, socket_path, upstream)
+            stop.watch(server)
+            server.serve_forever(server.poll_interval)
+        finally:
+            # Put back first: new connections go straight to the plugin,
+            # while those open now finish through the tap.
+            _untap(name, socket_dir)
+            server.stopping = True
+            server.stop()
+            trace.close()
+    log.info("tap of %s stopped; everything is as it was", name)
+
+###############################################################################
+# Command line: serve, mounts, check, tap, plugin-config ######################
 ###############################################################################
 
 #: The environment variable that sets ``serve --log-level``, for managed
@@ -4300,6 +5001,15 @@ def _build_parser() -> "Any":
                               metavar="NAME=VALUE",
                               help="a server limit, such as request_timeout=30 (repeatable): "
                                    + ", ".join(_LIMITS))
+    serve_parser.add_argument("--metrics", metavar="HOST:PORT", type=_parse_tcp,
+                              help="serve Prometheus metrics at http://HOST:PORT/metrics "
+                                   "(loopback unless --insecure-tcp)")
+    serve_parser.add_argument("--metrics-file", metavar="PATH",
+                              help="write the same metrics to PATH (*.prom) every %gs, for "
+                                   "node_exporter's textfile collector" % _MetricsFile.interval)
+    serve_parser.add_argument("--trace", metavar="FILE",
+                              help="write a JSON line per call to FILE; SIGUSR2 stops and "
+                                   "starts it (default FILE: %s/NAME.trace)" % _RUN_DIR)
     mounts_parser = commands.add_parser(
         "mounts", help="show each volume's mounts; release a mount no engine will release",
         description="Show the mounts the plugin counts for each volume, by mount ID. With "
@@ -4353,6 +5063,28 @@ def _build_parser() -> "Any":
     check_parser.add_argument("--spec-dir", action="append", dest="spec_dirs", metavar="DIR",
                               help="where to look for NAME.spec and NAME.json, in order; "
                                    "repeatable (default: %s)" % " then ".join(_PLUGIN_SPEC_DIRS))
+    tap_parser = commands.add_parser(
+        "tap", help="trace the calls between the engines and a running plugin, any plugin",
+        description="Stand between the engines and a running plugin, ours or not, found by "
+                    "NAME as the engine finds it (a socket, or a spec file's address), "
+                    "without restarting it: forward every call and write a JSON line for "
+                    "each, until SIGTERM or SIGINT, then put everything back as it was. "
+                    "Connections the engines opened before the tap go straight to the "
+                    "plugin still: restart the engine, or the plugin, to see them. After "
+                    "kill -9 of a tap, the next tap (or --restore) puts things back.")
+    tap_parser.add_argument("name", metavar="NAME", type=_plugin_name,
+                            help="the plugin's name, as in `docker volume create -d NAME`")
+    tap_parser.add_argument("--trace", metavar="FILE",
+                            help="where the JSON lines go (default: standard output)")
+    tap_parser.add_argument("--restore", action="store_true",
+                            help="only put back what a tap that was killed left")
+    tap_parser.add_argument("--socket-dir", default=PLUGIN_SOCKET_DIR,
+                            help="the engine's socket directory (default: %(default)s)")
+    tap_parser.add_argument("--spec-dir", action="append", dest="spec_dirs", metavar="DIR",
+                            help="where to look for NAME.spec and NAME.json, in order; "
+                                 "repeatable (default: %s)" % " then ".join(_PLUGIN_SPEC_DIRS))
+    tap_parser.add_argument("--log-level", default="INFO", type=str.upper, choices=_LOG_LEVELS,
+                            help="the tap's own log, on stderr (default: %(default)s)")
     config_parser = commands.add_parser(
         "plugin-config", help="print the config.json of a managed plugin",
         description="Print the config.json that `docker plugin create` takes with a rootfs "
@@ -4703,6 +5435,17 @@ def _check_command(args: "Any") -> int:
     return _print_check(results, args.json)
 
 
+def _tap_command(args: "Any") -> int:
+    _configure_logging(args.log_level)
+    if args.restore:
+        done = _untap(args.name, args.socket_dir)
+        print(done or "no tap of %s to put back" % args.name)
+        return 0
+    trace = _Trace(args.trace, _has_secret_word, stream=None if args.trace else sys.stdout)
+    _tap(args.name, trace, args.socket_dir, args.spec_dirs or _PLUGIN_SPEC_DIRS)
+    return 0
+
+
 def main(argv: "Optional[List[str]]" = None) -> int:
     """The command line; returns the exit status (0 ok, 1 failure, 2 usage)."""
     global _PROG
@@ -4716,7 +5459,7 @@ def main(argv: "Optional[List[str]]" = None) -> int:
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     commands = {"check": _check_command, "mounts": _mounts_command,
-                "plugin-config": _plugin_config_command}
+                "plugin-config": _plugin_config_command, "tap": _tap_command}
     if args.command in commands:
         try:
             return commands[args.command](args)
@@ -4727,8 +5470,7 @@ def main(argv: "Optional[List[str]]" = None) -> int:
     if args.log_level not in _LOG_LEVELS:
         return _error_line("%s=%r: expected one of %s" % (
             _LOG_LEVEL_VARIABLE, args.log_level, ", ".join(_LOG_LEVELS)), 2)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(args.log_level)
     driver = None  # type: Any
     try:
         # Every option is checked before the driver makes its root.
@@ -4756,6 +5498,7 @@ def main(argv: "Optional[List[str]]" = None) -> int:
         serve(driver, name=args.name, socket_path=args.socket, tcp_address=args.tcp,
               spec_dir=args.spec_dir, group=args.group, tls_context=tls_context,
               spec_tls=spec_tls, insecure_tcp=args.insecure_tcp, scope=args.scope,
+              metrics_address=args.metrics, metrics_file=args.metrics_file, trace=args.trace,
               **dict(args.limit))
     except _UsageError as exc:
         return _error_line("%s (see --help)" % exc, 2)

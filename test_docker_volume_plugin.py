@@ -3873,6 +3873,401 @@ class LookupTests(unittest.TestCase):
 # -- the command line ----------------------------------------------------------------
 
 
+_SAMPLE = re.compile(r'^([a-z_]+)(\{[^}]*\})? (\S+)$')
+
+
+def metric_samples(text):
+    """Prometheus's text format as {(name, labels): value}; comments checked."""
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("# "):
+            assert re.match(r"# (HELP|TYPE) docker_volume_plugin_\w+ ", line), line
+            continue
+        match = _SAMPLE.match(line)
+        assert match, "not a sample line: %r" % line
+        samples[(match.group(1), match.group(2) or "")] = float(match.group(3))
+    return samples
+
+
+def trace_lines(path, at_least=0):
+    """The lines of a trace; waits (10 s at most) for ``at_least``: a call's
+    line is written once its reply is sent."""
+    deadline = time.time() + 10
+    while True:
+        lines = []
+        if os.path.exists(path):
+            with open(path) as f:
+                lines = [json.loads(line) for line in f]
+        if len(lines) >= at_least or time.time() > deadline:
+            return lines
+        time.sleep(0.01)
+
+
+class ObservingTests(QuietLogs, unittest.TestCase):
+    """The metrics, the call trace and journald's priorities."""
+
+    def setUp(self):
+        QuietLogs.setUp(self)
+        self.dir = temp_dir(self)
+        self.driver = dvp.DirectoryDriver(os.path.join(self.dir, "root"),
+                                          run_dir=os.path.join(self.dir, "run"))
+        self.addCleanup(self.driver.close)
+        self.sock = os.path.join(self.dir, "p.sock")
+        self.server = dvp.UnixPluginServer(self.sock, self.driver)
+        self.metrics = dvp._Metrics(self.server.plugin, [self.server])
+        self.trace_path = os.path.join(self.dir, "trace.jsonl")
+        self.trace = dvp._Trace(self.trace_path, self.driver.is_secret)
+        self.server.observers += [self.metrics, self.trace]
+        self.server.start()
+        self.addCleanup(self.server.stop)
+        self.addCleanup(self.trace.close)
+
+    def some_calls(self):
+        """Calls of every outcome, on one connection; the client stays open,
+        and each call is counted when this returns."""
+        client = dvp.PluginClient(self.sock)
+        self.addCleanup(client.close)
+        client.activate()
+        client.create("precious-data", {"mode": "0750"})
+        client.mount("precious-data", MOUNT_ID)
+        with self.assertRaises(dvp.PluginCallError):
+            client.get("missing-volume")
+        with self.assertRaises(dvp.PluginCallError):  # refused: no such option
+            client.create("other", {"db_password": "hunter2"})
+        self.assertEqual(client.exchange('Evil"{}', {})[0], 404)
+        trace_lines(self.trace_path, at_least=6)  # the last call observed
+        return client
+
+    def test_metrics_count_each_outcome_and_show_the_state_but_no_name(self):
+        self.some_calls()
+        text = self.metrics.render().decode()
+        samples = metric_samples(text)
+        calls = lambda endpoint, outcome: samples.get(("docker_volume_plugin_calls_total",
+                                                       '{endpoint="/VolumeDriver.%s",outcome="%s"}'
+                                                       % (endpoint, outcome)))
+        self.assertEqual(calls("Create", "ok"), 1)
+        self.assertEqual(calls("Create", "refused"), 1)
+        self.assertEqual(calls("Mount", "ok"), 1)
+        self.assertEqual(calls("Get", "not_found"), 1)
+        self.assertEqual(samples[("docker_volume_plugin_calls_total",
+                                  '{endpoint="other",outcome="unknown_endpoint"}')], 1)
+        self.assertEqual(samples[("docker_volume_plugin_volumes", "")], 1)
+        self.assertEqual(samples[("docker_volume_plugin_mounts", "")], 1)
+        self.assertEqual(samples[("docker_volume_plugin_pending_detaches", "")], 0)
+        listener = 'listener="unix://%s"' % self.sock
+        self.assertEqual(samples[("docker_volume_plugin_connections", "{%s}" % listener)], 1)
+        self.assertEqual(samples[("docker_volume_plugin_limit",
+                                  '{limit="max_connections",%s}' % listener)], 256)
+        self.assertEqual(samples[("docker_volume_plugin_calls_in_flight", "")], 0)
+        self.assertIn(("docker_volume_plugin_build_info",
+                       '{python="%d.%d.%d",version="%s"}' % (sys.version_info[:3] +
+                                                             (dvp.__version__,))), samples)
+        buckets = [value for (name, labels), value in sorted(samples.items())
+                   if name.endswith("_bucket") and "Create" in labels]
+        self.assertEqual(len(buckets), len(dvp._DURATION_BUCKETS) + 1)
+        self.assertEqual(max(buckets), 2)  # +Inf: both Creates
+        self.assertEqual(samples[("docker_volume_plugin_call_duration_seconds_count",
+                                  '{endpoint="/VolumeDriver.Create"}')], 2)
+        for secret in ("precious-data", "missing-volume", "hunter2", "Evil"):
+            self.assertNotIn(secret, text)
+
+    def test_trace_names_the_caller_and_hides_secret_options(self):
+        self.some_calls()
+        lines = trace_lines(self.trace_path)
+        self.assertEqual([line["endpoint"] for line in lines], [
+            "/Plugin.Activate", "/VolumeDriver.Create", "/VolumeDriver.Mount",
+            "/VolumeDriver.Get", "/VolumeDriver.Create", '/Evil"{}'])
+        with open("/proc/self/comm") as comm:
+            me = {"pid": os.getpid(), "uid": os.getuid(), "command": comm.read().strip()}
+        self.assertEqual([line["peer"] for line in lines], [me] * 6)
+        self.assertEqual(len(set(line["connection"] for line in lines)), 1)
+        refused = lines[4]
+        self.assertEqual(refused["request"], {"Name": "other", "Opts": {"db_password": "****"}})
+        self.assertEqual((refused["status"], refused["outcome"]), (500, "refused"))
+        self.assertIn("Err", refused["reply"])
+        self.assertEqual(lines[2]["reply"], {"Mountpoint": os.path.join(
+            os.path.realpath(self.dir), "root", "precious-data")})
+        self.assertEqual(lines[3]["outcome"], "not_found")
+        self.assertTrue(all(line["duration_ms"] >= 0 and "T" in line["time"] for line in lines))
+        with open(self.trace_path) as f:
+            self.assertNotIn("hunter2", f.read())
+        self.assertEqual(stat.S_IMODE(os.stat(self.trace_path).st_mode), 0o600)
+
+    def test_trace_is_bounded_in_size(self):
+        path = os.path.join(self.dir, "small.jsonl")
+        trace = dvp._Trace(path, dvp._has_secret_word)
+        trace.max_bytes = 2000
+        handler = unittest.mock.Mock(connection_id=7, peer={}, path="/VolumeDriver.Get")
+        for _ in range(100):
+            trace.called(handler, b'{"Name":"v"}', 200, b'{"Volume":{"Name":"v"}}', "ok", 0.001)
+        trace.close()
+        self.assertLessEqual(os.path.getsize(path), 2000)
+        self.assertLessEqual(os.path.getsize(path + ".1"), 2000)
+        self.assertGreater(os.path.getsize(path + ".1"), 1000)
+        self.assertEqual(trace_lines(path)[-1]["connection"], 7)
+        big = trace._body(b"x" * (dvp._Trace.max_body + 1))
+        self.assertEqual(big, {"bytes": dvp._Trace.max_body + 1})
+
+    def test_metrics_over_http_only_at_metrics(self):
+        import urllib.error
+        import urllib.request
+        self.some_calls()
+        server = dvp._MetricsServer(("127.0.0.1", 0), self.metrics)
+        thread = threading.Thread(target=server.serve_forever, args=(0.01,))
+        thread.start()
+        self.addCleanup(thread.join)
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        with urllib.request.urlopen(server.address, timeout=10) as reply:
+            self.assertEqual(reply.headers["Content-Type"], dvp._METRICS_MEDIA_TYPE)
+            self.assertIn(("docker_volume_plugin_mounts", ""),
+                          metric_samples(reply.read().decode()))
+        with self.assertRaises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(server.address.replace("/metrics", "/"), timeout=10)
+        self.assertEqual(caught.exception.code, 404)
+
+    def test_metrics_elsewhere_than_loopback_are_refused(self):
+        code, _, err = run_main(self, "serve", "--metrics", "0.0.0.0:9", "--socket",
+                                os.path.join(self.dir, "q.sock"), "--root",
+                                os.path.join(self.dir, "root2"))
+        self.assertEqual(code, 1)
+        self.assertIn("refusing the metrics on 0.0.0.0", err)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "q.sock")))
+
+    def test_metrics_file_for_the_textfile_collector(self):
+        with self.assertRaises(ValueError) as caught:
+            dvp._MetricsFile(os.path.join(self.dir, "metrics.txt"), self.metrics)
+        self.assertIn("*.prom", str(caught.exception))
+        directory = os.path.join(self.dir, "textfile")
+        os.mkdir(directory)
+        writer = dvp._MetricsFile(os.path.join(directory, "dvp.prom"), self.metrics)
+        writer.interval = 0.02
+        writer.start()
+        self.some_calls()
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            with open(os.path.join(directory, "dvp.prom")) as f:
+                samples = metric_samples(f.read())
+            if samples.get(("docker_volume_plugin_mounts", "")) == 1:
+                break
+            time.sleep(0.02)
+        writer.stop()
+        self.assertEqual(samples[("docker_volume_plugin_mounts", "")], 1)
+        self.assertEqual(os.listdir(directory), ["dvp.prom"])  # no temporary file left
+
+    def test_sigusr2_stops_and_starts_the_trace(self):
+        sock, trace, log_path = (os.path.join(self.dir, name) for name in ("s.sock", "t.jsonl", "log"))
+        with open(log_path, "w") as log_file:
+            proc = _spawn(self, [sys.executable, MODULE, "serve", *QUICK_STOP, "--socket", sock,
+                                 "--root", os.path.join(self.dir, "root3"), "--trace", trace],
+                          stderr=log_file, env=dict(os.environ, PYTHONPATH=HERE))
+        _wait_for_socket(sock, proc)
+        client = dvp.PluginClient(sock)
+        self.addCleanup(client.close)
+
+        def switch(expected):
+            before = read_text(log_path).count(expected)
+            proc.send_signal(signal.SIGUSR2)
+            deadline = time.time() + 10
+            while read_text(log_path).count(expected) == before and time.time() < deadline:
+                time.sleep(0.01)
+            self.assertIn(expected, read_text(log_path))
+
+        client.list()
+        traced = len(trace_lines(trace, at_least=2))
+        self.assertEqual(traced, 2)  # the Activate of _wait_for_socket, and the List
+        switch("trace stopped")
+        client.list()
+        time.sleep(0.2)
+        self.assertEqual(len(trace_lines(trace)), traced)
+        switch("tracing every call to %s" % trace)
+        client.list()
+        self.assertEqual(len(trace_lines(trace, at_least=traced + 1)), traced + 1)
+        proc.terminate()
+        self.assertEqual(proc.wait(10), 0)
+
+    def test_journald_priorities_when_stderr_is_the_journal(self):
+        program = ("import docker_volume_plugin as dvp\n"
+                   "dvp._configure_logging('DEBUG')\n"
+                   "dvp.log.debug('d'); dvp.log.info('i'); dvp.log.warning('w')\n"
+                   "dvp.log.error('e\\nsecond line')\n")
+        for journal in (True, False):
+            path = os.path.join(self.dir, "stderr-%s" % journal)
+            with open(path, "w") as stderr:
+                st = os.fstat(stderr.fileno())
+                env = dict(os.environ, PYTHONPATH=HERE,
+                           JOURNAL_STREAM="%d:%d" % (st.st_dev, st.st_ino + (0 if journal else 1)))
+                subprocess.run([sys.executable, "-c", program], stderr=stderr, env=env,
+                               check=True, timeout=30)
+            with open(path) as f:
+                lines = f.read().splitlines()
+            if journal:
+                self.assertEqual(lines, ["<7>DEBUG docker_volume_plugin: d",
+                                         "<6>INFO docker_volume_plugin: i",
+                                         "<4>WARNING docker_volume_plugin: w",
+                                         "<3>ERROR docker_volume_plugin: e", "<3>second line"])
+            else:  # JOURNAL_STREAM names another file: a redirection, no prefixes
+                self.assertTrue(lines[0].endswith(" DEBUG docker_volume_plugin: d"), lines)
+                self.assertRegex(lines[0], r"^\d{4}-\d\d-\d\d ")
+
+
+def read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
+def start_tap(test, name, trace, log_path, extra=(), socket_dir=dvp.PLUGIN_SOCKET_DIR):
+    """Start ``tap NAME``; return its process once its socket stands in the plugin's place."""
+    with open(log_path, "a") as log_file:
+        proc = _spawn(test, [sys.executable, MODULE, "tap", name, "--trace", trace] + list(extra),
+                      stderr=log_file)
+    socket_dir = dict(zip(extra[::2], extra[1::2])).get("--socket-dir", socket_dir)
+    record = os.path.join(socket_dir, ".tap", name + ".json")
+    deadline = time.time() + 10
+    while time.time() < deadline and proc.poll() is None:
+        try:  # the record is written before the tap's socket takes the plugin's place
+            with open(record) as f:
+                data = json.load(f)
+            tap_inode = data["tap_inode"][1] if data["pid"] == proc.pid else None
+            if tap_inode == os.stat(os.path.join(socket_dir, name + ".sock")).st_ino:
+                return proc
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    raise AssertionError("the tap did not start: %s" % read_text(log_path))
+
+
+class TapTests(QuietLogs, unittest.TestCase):
+    """``tap`` in front of a plain http.server plugin and of a spec file's."""
+
+    def setUp(self):
+        QuietLogs.setUp(self)
+        self.dir = temp_dir(self)
+        self.specs = os.path.join(self.dir, "specs")
+        os.mkdir(self.specs)
+        self.sock = os.path.join(self.dir, "indep.sock")
+        self.driver = MemoryDriver()
+        self.plugin = IndependentServer(self.sock, IndependentPlugin)
+        self.plugin.driver = self.driver
+        thread = threading.Thread(target=self.plugin.serve_forever, args=(0.01,))
+        thread.start()
+        self.addCleanup(thread.join)
+        self.addCleanup(self.plugin.server_close)
+        self.addCleanup(self.plugin.shutdown)
+        self.inode = os.stat(self.sock).st_ino
+        self.trace = os.path.join(self.dir, "trace.jsonl")
+
+    def tap(self, name="indep", *extra):
+        return subprocess.run([sys.executable, MODULE, "tap", name, "--socket-dir", self.dir,
+                               "--spec-dir", self.specs] + list(extra), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
+
+    def start_tap(self, name="indep"):
+        return start_tap(self, name, self.trace, os.path.join(self.dir, "tap.log"),
+                         ["--socket-dir", self.dir, "--spec-dir", self.specs])
+
+    def leftovers(self):
+        directory = os.path.join(self.dir, ".tap")
+        return os.listdir(directory) if os.path.lexists(directory) else []
+
+    def calls(self):
+        with dvp.PluginClient(self.sock) as client:
+            self.assertEqual(client.activate(), ["VolumeDriver"])
+            client.create("v1", {"size": "1G"})
+            self.assertEqual(client.mount("v1", MOUNT_ID), "/mnt/v1")
+            with self.assertRaises(dvp.PluginCallError) as caught:
+                client.get("missing")
+            self.assertIn("no such volume", str(caught.exception))
+            client.unmount("v1", MOUNT_ID)
+
+    def test_tap_traces_every_call_and_puts_the_socket_back(self):
+        tap = self.start_tap()
+        self.calls()
+        tap.terminate()
+        self.assertEqual(tap.wait(10), 0)
+        self.assertEqual(os.stat(self.sock).st_ino, self.inode)
+        self.assertFalse(os.path.lexists(os.path.join(self.dir, ".tap")))
+        lines = trace_lines(self.trace, at_least=5)
+        self.assertEqual([(line["endpoint"], line["status"]) for line in lines], [
+            ("/Plugin.Activate", 200), ("/VolumeDriver.Create", 200), ("/VolumeDriver.Mount", 200),
+            ("/VolumeDriver.Get", 500), ("/VolumeDriver.Unmount", 200)])
+        self.assertEqual(lines[1]["request"], {"Name": "v1", "Opts": {"size": "1G"}})
+        self.assertEqual(lines[3]["reply"], {"Err": "no such volume"})
+        self.assertEqual(lines[0]["peer"]["pid"], os.getpid())
+        self.assertEqual(self.driver.calls["mount"], 1)
+        self.calls()  # straight to the plugin again
+
+    def test_after_kill_9_the_next_tap_or_restore_puts_the_socket_back(self):
+        tap = self.start_tap()
+        tap.kill()
+        tap.wait(10)
+        self.assertNotEqual(os.stat(self.sock).st_ino, self.inode)  # the tap's, dead
+        with self.assertRaises(dvp.PluginCallError):
+            dvp.PluginClient(self.sock, timeout=2).activate()
+        tap = self.start_tap()  # repairs, then taps again
+        self.calls()
+        tap.terminate()
+        self.assertEqual(tap.wait(10), 0)
+        self.assertIn("was not stopped cleanly", read_text(os.path.join(self.dir, "tap.log")))
+        self.assertEqual(os.stat(self.sock).st_ino, self.inode)
+        tap = self.start_tap()
+        tap.kill()
+        tap.wait(10)
+        restored = self.tap("indep", "--restore")
+        self.assertEqual(restored.returncode, 0, restored.stderr)
+        self.assertIn("put the plugin's socket back", restored.stdout)
+        self.assertEqual(os.stat(self.sock).st_ino, self.inode)
+        self.assertEqual(self.leftovers(), [])
+        self.calls()
+
+    def test_a_second_tap_is_refused_while_one_runs(self):
+        tap = self.start_tap()
+        second = self.tap()
+        self.assertEqual(second.returncode, 1)
+        self.assertIn("a tap of indep runs already, as pid %d" % tap.pid, second.stderr)
+        tap.terminate()
+        self.assertEqual(tap.wait(10), 0)
+        self.assertEqual(os.stat(self.sock).st_ino, self.inode)
+
+    def test_tap_in_front_of_a_spec_file_plugin(self):
+        driver = MemoryDriver()
+        server = dvp.TCPPluginServer(("127.0.0.1", 0), driver, name="viaspec", spec_dir=self.specs)
+        server.start()
+        self.addCleanup(server.stop)
+        tap = self.start_tap("viaspec")
+        with dvp.PluginClient(os.path.join(self.dir, "viaspec.sock")) as client:
+            client.create("v2", {})
+            self.assertEqual([v["Name"] for v in client.list()], ["v2"])
+        tap.terminate()
+        self.assertEqual(tap.wait(10), 0)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "viaspec.sock")))
+        self.assertTrue(os.path.exists(server.spec_path))
+        self.assertEqual(driver.calls["create"], 1)
+        self.assertEqual([line["endpoint"] for line in trace_lines(self.trace, at_least=2)],
+                         ["/VolumeDriver.Create", "/VolumeDriver.List"])
+
+    def test_a_mount_the_engine_gave_up_on_is_undone_behind_the_tap(self):
+        driver = MemoryDriver()
+        driver.volumes["v3"] = {"Name": "v3", "Mountpoint": "/mnt/v3"}
+        driver.mount_gate = threading.Event()
+        sock = os.path.join(self.dir, "ours.sock")
+        server = dvp.UnixPluginServer(sock, driver)
+        server.start()
+        self.addCleanup(server.stop)
+        self.inode = os.stat(sock).st_ino
+        tap = self.start_tap("ours")
+        with dvp.PluginClient(sock, timeout=0.3) as client:
+            with self.assertRaises(dvp.PluginCallError):  # gave up, as Podman after 5 s
+                client.mount("v3", MOUNT_ID)
+        driver.mount_gate.set()
+        deadline = time.time() + 10
+        while driver.calls.get("unmount") != 1 and time.time() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(driver.calls.get("unmount"), 1)  # the plugin undid it
+        tap.terminate()
+        self.assertEqual(tap.wait(10), 0)
+
+
 def run_main(test, *args):
     """``main(args)`` in this process, for what ends before serving: (exit
     status, stdout, stderr). A server it would start fails the test instead
@@ -4136,6 +4531,30 @@ class CrashingQuota(quota.QuotaVolumes):
             os.kill(os.getpid(), signal.SIGKILL)
         quota.QuotaVolumes.detach(self, name, options, mountpoint)
 '''
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _unlink_if_there(path):
+    if os.path.exists(path):
+        os.unlink(path)
+
+
+class DirMemoryDriver(MemoryDriver):
+    """MemoryDriver whose volumes are directories under ``base``, for containers."""
+
+    def __init__(self, base):
+        MemoryDriver.__init__(self)
+        self.base = base
+
+    def create(self, name, options):
+        MemoryDriver.create(self, name, options)
+        self.volumes[name]["Mountpoint"] = os.path.join(self.base, name)
+        os.makedirs(self.volumes[name]["Mountpoint"])
 
 
 class EngineTests(unittest.TestCase):
@@ -4587,6 +5006,123 @@ class EngineTests(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stdout)
         self.assertIn("PASS reachable: unix://%s/%s.sock" % (dvp.PLUGIN_SOCKET_DIR, name), result.stdout)
         self.assertEqual([e for e in os.listdir(root) if not e.startswith(".")], [])
+
+    def test_trace_of_docker_run_shows_the_engines_call_sequence(self):
+        trace = os.path.join(self.base, "trace.jsonl")
+        name, root, _ = self.start_plugin(extra=["--root", os.path.join(self.base, "root"),
+                                                 "--trace", trace])
+        self.run_container(name, "--rm", "-v", "traced:/data", "--volume-driver", name, IMAGE,
+                           "sh", "-c", "echo hi > /data/f")
+        self.docker("volume", "rm", "traced")
+        lines = trace_lines(trace)
+        while not any(line["endpoint"] == "/VolumeDriver.Remove" for line in lines):
+            lines = trace_lines(trace, at_least=len(lines) + 1)
+        self.assert_docker_sequence(lines, "traced", os.path.join(self.base, "root", "traced"))
+
+    def assert_docker_sequence(self, lines, volume, mountpoint):
+        """Docker's calls for run -v and volume rm, in order, and from dockerd alone."""
+        engine = [line for line in lines if line["peer"].get("command") == "dockerd"]
+        endpoints = [line["endpoint"] for line in engine]
+        self.assertEqual(endpoints[0], "/Plugin.Activate", endpoints)
+        first = dict((endpoint, endpoints.index(endpoint)) for endpoint in reversed(endpoints))
+        order = [first.get("/VolumeDriver." + call) for call in ("Create", "Mount", "Unmount",
+                                                                  "Remove")]
+        self.assertEqual(order, sorted(order), endpoints)
+        self.assertNotIn(None, order, endpoints)
+        mount, unmount = engine[order[1]], engine[order[2]]
+        self.assertEqual(mount["request"]["Name"], volume)
+        self.assertEqual(mount["request"]["ID"], unmount["request"]["ID"])
+        self.assertEqual(mount["reply"], {"Mountpoint": mountpoint})
+        self.assertEqual(set(line["peer"]["uid"] for line in engine), {0})
+        return endpoints
+
+    def test_prometheus_scrapes_the_metrics_of_a_plugin_the_engine_uses(self):
+        import urllib.parse
+        import urllib.request
+        prometheus = shutil.which("prometheus")
+        _skip_or_fail("the Prometheus test", None if prometheus else
+                      "no prometheus (Debian's package; .ci/run installs it)")
+        port, web = free_port(), free_port()
+        name, root, _ = self.start_plugin(extra=["--root", os.path.join(self.base, "root"),
+                                                 "--metrics", "127.0.0.1:%d" % port])
+        self.run_container(name, "-d", "--name", name + "-c", "-v", "scraped:/data",
+                           "--volume-driver", name, IMAGE, "sleep", "300")
+        config = os.path.join(self.base, "prometheus.yml")
+        with open(config, "w") as f:
+            f.write("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: dvp\n"
+                    "    static_configs:\n      - targets: ['127.0.0.1:%d']\n" % port)
+        with open(os.path.join(self.base, "prometheus.log"), "w") as log_file:
+            _spawn(self, [prometheus, "--config.file=" + config,
+                          "--storage.tsdb.path=" + os.path.join(self.base, "tsdb"),
+                          "--web.listen-address=127.0.0.1:%d" % web], stdout=log_file,
+                   stderr=subprocess.STDOUT)
+
+        def query(expression):
+            url = "http://127.0.0.1:%d/api/v1/query?%s" % (web, urllib.parse.urlencode(
+                {"query": expression}))
+            try:
+                with urllib.request.urlopen(url, timeout=5) as reply:
+                    result = json.loads(reply.read().decode())["data"]["result"]
+            except OSError:  # not listening yet
+                return None
+            return [float(series["value"][1]) for series in result]
+
+        def wait_for(expression, value):
+            deadline = time.time() + 60
+            while query(expression) != [value] and time.time() < deadline:
+                time.sleep(0.5)
+            self.assertEqual(query(expression), [value], "%s; Prometheus's log: %s" % (
+                expression, read_text(os.path.join(self.base, "prometheus.log"))[-2000:]))
+
+        wait_for('up{job="dvp"}', 1)
+        wait_for("docker_volume_plugin_mounts", 1)
+        wait_for("docker_volume_plugin_volumes", 1)
+        # Docker mounts a new volume once more at create, to copy the image's
+        # files into it (moby daemon/create_unix.go): the counters agree with
+        # the gauge all the same.
+        held = " - ".join('(sum(docker_volume_plugin_calls_total{endpoint="/VolumeDriver.%s",'
+                          'outcome="ok"}) or vector(0))' % call for call in ("Mount", "Unmount"))
+        wait_for(held, 1)
+        wait_for('docker_volume_plugin_call_duration_seconds_count{endpoint="/VolumeDriver.Create"}', 1)
+        self.docker("stop", "-t", "0", name + "-c")
+        wait_for("docker_volume_plugin_mounts", 0)
+        wait_for(held, 0)
+        # README's alert on errors: the engine's probing (a Get of a volume not
+        # made yet) is not_found, no error.
+        wait_for('sum(docker_volume_plugin_calls_total{outcome=~"refused|exception"}) or vector(0)', 0)
+
+    def test_tap_in_front_of_a_plain_http_server_plugin_the_engine_uses(self):
+        EngineTests.counter += 1
+        name = "dvpt%d-%d" % (os.getpid(), EngineTests.counter)
+        sock = os.path.join(dvp.PLUGIN_SOCKET_DIR, name + ".sock")
+        driver = DirMemoryDriver(os.path.join(self.base, "dirs"))
+        server = IndependentServer(sock, IndependentPlugin)
+        server.driver = driver
+        thread = threading.Thread(target=server.serve_forever, args=(0.01,))
+        thread.start()
+        self.addCleanup(_unlink_if_there, sock)
+        self.addCleanup(thread.join)
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        self.addCleanup(self._remove_engine_objects, name)
+        inode = os.stat(sock).st_ino
+        trace = os.path.join(self.base, "tap.jsonl")
+        tap = start_tap(self, name, trace, os.path.join(self.base, "tap.log"))
+        self.docker("volume", "create", "-d", name, "tapped")
+        self.run_container(name, "--rm", "-v", "tapped:/data", IMAGE, "sh", "-c",
+                           "echo through-the-tap > /data/f")
+        self.assertEqual(read_text(os.path.join(self.base, "dirs", "tapped", "f")),
+                         "through-the-tap\n")
+        self.docker("volume", "rm", "tapped")
+        tap.terminate()
+        self.assertEqual(tap.wait(15), 0, read_text(os.path.join(self.base, "tap.log")))
+        self.assertEqual(os.stat(sock).st_ino, inode)
+        self.assert_docker_sequence(trace_lines(trace), "tapped",
+                                    os.path.join(self.base, "dirs", "tapped"))
+        # Its connections to the tap closed, the engine reaches the plugin itself.
+        self.docker("volume", "create", "-d", name, "after")
+        self.assertIn("after", driver.volumes)
+        self.docker("volume", "rm", "after")
 
     def test_zz_engine_restart_keeps_volumes(self):
         engine_dir = os.environ.get("DVP_ENGINE_DIR")

@@ -6,7 +6,9 @@ in-memory driver; the two are measured alternately, round after round, so
 that machine drift cancels out, and the table shows medians over the rounds
 and the ratio of ours to the baseline. Usage:
 
-    python3 benchmarks/bench.py [--rounds 5] [--seconds 2] [--no-engine]
+    python3 benchmarks/bench.py [--rounds 5] [--seconds 2] [--no-engine] [--metrics]
+
+``--metrics`` measures ours with ``serve --metrics`` on: every call counted.
 
 The Docker command timings run when DOCKER_HOST names an engine with the
 busybox:local image (see .ci/engine) and we are root.
@@ -96,6 +98,10 @@ def install_module():
                            os.path.join(INSTALLED, "docker_volume_plugin.py")))
 
 
+#: Extra ``serve`` arguments for ours (``--metrics``).
+SERVE_EXTRA = []
+
+
 def server_command(kind, path, volumes):
     if kind == "baseline":
         return [PYTHON, os.path.join(HERE, "baseline_plugin.py"), path, str(volumes)]
@@ -103,7 +109,7 @@ def server_command(kind, path, volumes):
     # ("ours") or as the file run as a script, compiled at every start.
     start = [PYTHON, "-m", "docker_volume_plugin"] if kind == "ours" else [PYTHON, MODULE]
     return start + ["serve", "--socket", path,
-                    "--driver", os.path.join(HERE, "memory_driver.py") + ":Driver"]
+                    "--driver", os.path.join(HERE, "memory_driver.py") + ":Driver"] + SERVE_EXTRA
 
 
 class Server(object):
@@ -322,7 +328,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per figure")
     parser.add_argument("--seconds", type=float, default=2.0, help="load per measurement")
     parser.add_argument("--no-engine", action="store_true", help="skip the Docker commands")
+    parser.add_argument("--metrics", action="store_true",
+                        help="ours with the metrics on (serve --metrics 127.0.0.1:0)")
     args = parser.parse_args()
+    if args.metrics:
+        SERVE_EXTRA.extend(["--metrics", "127.0.0.1:0"])
     print("docker_volume_plugin benchmark: %s, Python %s, %d CPUs, %d rounds of %gs"
           % (time.strftime("%Y-%m-%d"), sys.version.split()[0], os.cpu_count(), args.rounds, args.seconds))
     workdir = tempfile.mkdtemp(prefix="dvp-bench-")
