@@ -3533,6 +3533,8 @@ _PODMAN_CONFIG_FILES = ("/usr/share/containers/containers.conf", "/etc/container
 #: The Content-Type Podman sends; it sends no Accept (libpod/plugin).
 _PODMAN_MEDIA_TYPE = "application/vnd.docker.plugins.v1.1+json"
 _ENGINES = ("docker", "podman")
+#: The Host of a newer Docker on a Unix socket; 20.10.24's is empty.
+_DOCKER_UNIX_HOST = "plugin.moby.localhost"
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -4072,14 +4074,23 @@ class _Checker(object):
     def activate(self) -> None:
         for engine in _ENGINES:
             with self.new_client(engine) as client:
-                reply, err = self.call("Plugin.Activate", None, client)
-            implements = reply.get("Implements")
-            if err is None and isinstance(implements, list) and "VolumeDriver" in implements:
-                self.rule("activate", True, "%s's request: Implements %r" % (engine, implements))
-            else:
-                self.rule("activate", False, "%s's request got %s: the engine refuses the plugin "
-                          "('does not implement the requested driver')"
-                          % (engine, err or "Implements %r" % (implements,)))
+                # On a Unix socket, each Host a Docker sends: empty up to
+                # 20.10.25, plugin.moby.localhost from 20.10.26, 23.0.7,
+                # 24.0.5 and 25 (moby pkg/plugins/client.go).
+                hosts = [client._host]
+                if engine == "docker" and _address_parts(client.address)[0] == "unix":
+                    hosts.append(_DOCKER_UNIX_HOST)
+                for host in hosts:
+                    client._host = host
+                    reply, err = self.call("Plugin.Activate", None, client)
+                    request = "%s's request (Host %r)" % (engine, host)
+                    implements = reply.get("Implements")
+                    if err is None and isinstance(implements, list) and "VolumeDriver" in implements:
+                        self.rule("activate", True, "%s: Implements %r" % (request, implements))
+                    else:
+                        self.rule("activate", False, "%s got %s: the engine refuses the plugin "
+                                  "('does not implement the requested driver')"
+                                  % (request, err or "Implements %r" % (implements,)))
 
     def concurrency(self) -> bool:
         """A request held half-sent must not stop a Get on another connection."""

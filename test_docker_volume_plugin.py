@@ -3326,7 +3326,7 @@ class CheckerTests(QuietLogs, unittest.TestCase):
         self.driver = CheckableDriver(os.path.join(self.dir, "mnt"))
 
     def check(self, plugin=None, server_class=dvp.UnixPluginServer, **kwargs):
-        server = server_class(self.sock, plugin if plugin is not None else self.driver)
+        server = self.server = server_class(self.sock, plugin if plugin is not None else self.driver)
         server.start()
         self.addCleanup(server.stop, 1.0)
         return dvp.check_plugin(self.sock, **kwargs)
@@ -3354,6 +3354,26 @@ class CheckerTests(QuietLogs, unittest.TestCase):
         self.assertEqual(list(self.driver.volumes), ["keep"])  # scratch volumes gone
         self.assertEqual(self.driver.mounts["keep"], {MOUNT_ID: 1})
         self.assertEqual(sum(sum(c.values()) for c in self.driver.mounts.values()), 1)
+
+    def test_activates_with_every_engines_headers(self):
+        results = self.check(server_class=RecordingServer)
+        activations = [r["detail"] for r in results if r["rule"] == "activate"]
+        self.assertEqual(len(activations), 3, activations)
+        self.assertEqual([r for r in results if not r["passed"]], [])
+
+    def test_activate_fails_if_a_host_form_is_refused(self):
+        class NoEmptyHost(RecordingHandler):
+            def do_POST(self):
+                if self.path == "/Plugin.Activate" and self.headers.get("Host") == "":
+                    self.send_error(400, "empty Host")
+                    return
+                RecordingHandler.do_POST(self)
+        server_class = type("NoEmptyHostServer", (RecordingServer,), {"handler_class": NoEmptyHost})
+        results = self.check(server_class=server_class)
+        self.assert_fails("activate", "docker's request (Host '') got", results)
+        hosts = set(headers.get("host") for _, path, headers in self.server.recorded
+                    if path == "Plugin.Activate")
+        self.assertEqual(hosts, {"plugin.moby.localhost", "plugin"})
 
     def test_passes_the_builtin_driver(self):
         driver = dvp.DirectoryDriver(os.path.join(self.dir, "root"))
@@ -4561,6 +4581,41 @@ class DirMemoryDriver(MemoryDriver):
         os.makedirs(self.volumes[name]["Mountpoint"])
 
 
+class RecordingHandler(dvp.PluginRequestHandler):
+    """The plugin's handler, noting who made each call and with what headers."""
+
+    def do_POST(self):
+        self.server.recorded.append((self.peer.get("command"), self.path.lstrip("/"),
+                                     dict((k.lower(), v) for k, v in self.headers.items())))
+        dvp.PluginRequestHandler.do_POST(self)
+
+
+class RecordingServer(dvp.UnixPluginServer):
+    """A plugin that remembers the calls an engine made since :meth:`take`."""
+
+    handler_class = RecordingHandler
+
+    def __init__(self, *args, **kwargs):
+        self.recorded = []
+        dvp.UnixPluginServer.__init__(self, *args, **kwargs)
+
+    def take(self, engine):
+        """The calls ``engine`` made (short names) since the last take, and
+        their headers; a test's own clients are left out."""
+        taken = self.recorded[:]
+        del self.recorded[:len(taken)]  # a call arriving meanwhile stays for the next
+        calls = [(path.replace("VolumeDriver.", ""), headers)
+                 for command, path, headers in taken if command == engine]
+        return [call for call, _ in calls], [headers for _, headers in calls]
+
+
+def _server_version(command):
+    """An engine's (major, minor), e.g. (20, 10), (26, 1), (5, 4)."""
+    fmt = "{{.Server.Version}}" if "docker" in os.path.basename(command[0]) else "{{.Client.Version}}"
+    out = _command(command + ["version", "--format", fmt]).stdout.strip()
+    return tuple(int(part) for part in re.findall(r"\d+", out)[:2])
+
+
 class EngineTests(unittest.TestCase):
     """Plugins started from the command line, driven through the docker CLI.
 
@@ -5011,6 +5066,126 @@ class EngineTests(unittest.TestCase):
         self.assertIn("PASS reachable: unix://%s/%s.sock" % (dvp.PLUGIN_SOCKET_DIR, name), result.stdout)
         self.assertEqual([e for e in os.listdir(root) if not e.startswith(".")], [])
 
+    def start_recording_plugin(self):
+        """The directory driver in this process, recording the engine's calls."""
+        EngineTests.counter += 1
+        name = "dvpr%d-%d" % (os.getpid(), EngineTests.counter)
+        root = os.path.join(self.base, "root")
+        server = RecordingServer(os.path.join(dvp.PLUGIN_SOCKET_DIR, name + ".sock"),
+                                 dvp.DirectoryDriver(root)).start()
+        self.addCleanup(server.stop, 1.0)
+        self.addCleanup(self._remove_engine_objects, name)
+        return name, root, server
+
+    def test_each_command_makes_the_calls_its_engine_version_makes(self):
+        """What each Docker sends for each command, as recorded here on 20.10.24,
+        26.1.5 and 28.5.2 (moby volume/service, daemon/volumes*.go): a change in
+        an engine's sequence fails this test. The first command to use the
+        plugin starts with Plugin.Activate and Capabilities.
+        """
+        version = _server_version([DOCKER])
+        name, root, server = self.start_recording_plugin()
+        mount = ["Get", "Mount", "Get", "Unmount"]  # each Mount and Unmount after a Get
+        commands = [
+            ("volume create", ["volume", "create", "-d", name, "seq"],
+             ["Plugin.Activate", "Capabilities", "Get", "Create"]),
+            ("volume inspect", ["volume", "inspect", "seq"], ["Get"]),
+            ("volume ls", ["volume", "ls", "--filter", "driver=" + name], ["List"]),
+            # a Get for the mount point's volume, then one pair to copy the
+            # image's /data in (any existing path on 20.10) and one to run
+            ("run -v", ["run", "--rm", "--label", "dvp-test=" + name, "-v", "seq:/data", IMAGE,
+                        "true"], ["Get"] + mount + mount),
+            ("run -v --volume-driver, new", ["run", "--rm", "--label", "dvp-test=" + name, "-v",
+                                             "new:/data", "--volume-driver", name, IMAGE, "true"],
+             ["Get", "Create"] + mount + mount),
+            # a named volume without -d goes to local, asking no plugin
+            ("volume create, no -d", ["volume", "create", "local-one"], []),
+            # an anonymous one: 20.10-27 ask every plugin for its random name
+            # (probing); 28 gives it to local at once (moby c1652ab357)
+            ("run -v, anonymous", ["run", "--rm", "--label", "dvp-test=" + name, "-v", "/data",
+                                   IMAGE, "true"], ["Get"] if version < (28, 0) else []),
+            # prune is the local driver's alone; -a (23+) takes named volumes too
+            ("volume prune", ["volume", "prune", "-f"] + (["-a"] if version >= (23, 0) else []),
+             []),
+            ("volume rm", ["volume", "rm", "seq", "new"], ["Get", "Get", "Remove"] * 2),
+        ]
+        headers = []
+        for label, command, calls in commands:
+            self.docker(*command)
+            seen, their_headers = server.take("dockerd")
+            self.assertEqual((label, seen), (label, calls), "Docker %d.%d" % version)
+            headers += their_headers
+            if label == "volume prune":  # the local volume went, the plugin's stayed
+                self.assertEqual(sorted(self.listed(name)), ["new", "seq"])
+                self.assertNotEqual(self.docker("volume", "inspect", "local-one",
+                                                check=False).returncode, 0)
+                server.take("dockerd")  # this check's List and Get
+        self.assertEqual([e for e in os.listdir(root) if not e.startswith(".")], [])
+        # The Host header: empty from 20.10.24, plugin.moby.localhost from
+        # 20.10.26, 23.0.7, 24.0.5 and 25 (moby pkg/plugins/client.go); Accept
+        # always, never a Content-Type.
+        host = "" if version < (23, 0) else "plugin.moby.localhost"
+        self.assertEqual(set((h.get("host"), h.get("accept"), h.get("content-type")) for h in headers),
+                         {(host, "application/vnd.docker.plugins.v1.2+json", None)})
+
+    def test_volume_subpath_is_used_refused_when_missing_and_never_escapes(self):
+        """--mount's volume-subpath, from Docker 26 (API 1.45): after Mount the
+        engine opens the path inside the Mountpoint, and Unmounts at once if it
+        cannot (moby daemon/volume/mounts/mounts.go); 20.10's CLI refuses it."""
+        version = _server_version([DOCKER])
+        name, root, server = self.start_recording_plugin()
+        self.docker("volume", "create", "-d", name, "sp")
+        os.mkdir(os.path.join(root, "sp", "sub"))
+        with open(os.path.join(root, "sp", "sub", "f"), "w") as f:
+            f.write("in sub\n")
+        server.take("dockerd")
+
+        def run(subpath):
+            return self.run_container(name, "--rm", "--mount", "type=volume,src=sp,dst=/d,"
+                                      "volume-subpath=" + subpath, IMAGE, "cat", "/d/f", check=False)
+        if version < (26, 0):
+            refused = run("sub")
+            self.assertNotEqual(refused.returncode, 0)
+            self.assertIn("volume-subpath", refused.stderr)
+            self.assertEqual(server.take("dockerd")[0], [])
+            return
+        self.assertEqual(run("sub").stdout, "in sub\n")
+        self.assertEqual(server.take("dockerd")[0], ["Get", "Get", "Mount", "Get", "Unmount"])
+        missing = run("missing")
+        self.assertNotEqual(missing.returncode, 0)
+        self.assertIn("cannot access path %s" % os.path.join(root, "sp", "missing"), missing.stderr)
+        self.assertEqual(server.take("dockerd")[0], ["Get", "Get", "Mount", "Get", "Unmount"])
+        self.assertEqual(self.inspect("sp")["Status"]["mounts"], 0)  # undone at once
+        server.take("dockerd")
+        escaping = run("../sp")
+        self.assertNotEqual(escaping.returncode, 0)
+        self.assertIn("subpath must be a relative path within the volume", escaping.stderr)
+        self.assertEqual(server.take("dockerd")[0], [])  # refused before any call
+
+    def test_ro_reaches_what_the_driver_mounted_inside_from_docker_25(self):
+        """:ro is recursively read-only from Docker 25 (moby daemon/oci_linux.go,
+        kernel 5.12+): a file system the driver mounted under its Mountpoint is
+        read-only in the container too; on 20.10 it stays writable."""
+        version = _server_version([DOCKER])
+        name, root, _ = self.start_recording_plugin()
+        self.docker("volume", "create", "-d", name, "ro")
+        inner = os.path.join(root, "ro", "inner")
+        os.mkdir(inner)
+        subprocess.run(["mount", "-t", "tmpfs", "dvp-inner", inner], check=True)
+        self.addCleanup(subprocess.run, ["umount", "-l", inner])
+
+        def write(path):
+            return self.run_container(name, "--rm", "-v", "ro:/d:ro", IMAGE, "touch", path,
+                                      check=False)
+        self.assertIn("Read-only file system", write("/d/top").stderr)
+        inside = write("/d/inner/x")
+        if version >= (25, 0):
+            self.assertIn("Read-only file system", inside.stderr)
+            self.assertFalse(os.path.exists(os.path.join(inner, "x")))
+        else:
+            self.assertEqual(inside.returncode, 0, inside.stderr)
+            self.assertTrue(os.path.exists(os.path.join(inner, "x")))
+
     def test_trace_of_docker_run_shows_the_engines_call_sequence(self):
         trace = os.path.join(self.base, "trace.jsonl")
         name, root, _ = self.start_plugin(extra=["--root", os.path.join(self.base, "root"),
@@ -5309,8 +5484,8 @@ class TwoNodeSwarmEngineTests(unittest.TestCase):
 
     def start_plugin(self, node, root):
         """The command line, in the node's namespaces, where its engine looks."""
-        with open(os.path.join(self.nodes_dir, "node%d" % node, "dockerd.pid")) as f:
-            pid = f.read().strip()
+        with open(os.path.join(self.nodes_dir, "node%d" % node, "ns.pid")) as f:
+            pid = f.read().strip()  # the node's namespaces, with the host's files
         log_path = os.path.join(self.base, "plugin-node%d.log" % node)
         with open(log_path, "a") as log_file:
             proc = _spawn(self, ["nsenter", "-t", pid, "-m", "-u", "-n", sys.executable, MODULE,
@@ -5875,6 +6050,92 @@ class PodmanTests(unittest.TestCase):
         released = _command(command, env=env)
         self.assertIn("of volume data: Podman runs no container that uses it\n", released.stdout)
         self.assertEqual(self.status("data")["mounts"], 0)
+
+    def start_recording_plugin(self):
+        """The directory driver in this process, recording Podman's calls."""
+        server = RecordingServer(self.sock, dvp.DirectoryDriver(self.root)).start()
+        self.addCleanup(server.stop, 1.0)
+        self.addCleanup(self._remove_podman_objects)
+        return server
+
+    def run_podman(self, *args, **kwargs):
+        return self.podman("run", "--rm", "--label", "dvp-test=" + self.name, *args, **kwargs)
+
+    def test_each_command_makes_the_calls_its_podman_version_makes(self):
+        """What Podman sends, the same on 4.3, 5.4 and 5.8 (libpod/plugin/
+        volume_api.go): Podman's own headers, a Get per volume it knows for
+        ls, its own mount counting, and a prune that removes unused plugin
+        volumes (Docker's never does). Every podman process activates the
+        plugin first; a container's cleanup process may too, so Activates are
+        counted apart."""
+        server = self.start_recording_plugin()
+        commands = [
+            ("volume create", ["volume", "create", "--driver", self.name, "seq"], ["Get", "Create"]),
+            ("volume inspect", ["volume", "inspect", "seq"], ["Get"]),
+            ("volume ls", ["volume", "ls"], ["Get"]),
+            ("run -v", ["run", "--rm", "-v", "seq:/data", IMAGE, "true"], ["Mount", "Unmount"]),
+            ("volume prune", ["volume", "prune", "-f"], ["Get", "Remove"]),
+        ]
+        headers = []
+        for label, command, calls in commands:
+            self.podman(*command)
+            seen, their_headers = server.take("podman")
+            self.assertEqual(seen[:1], ["Plugin.Activate"], label)
+            self.assertEqual((label, [call for call in seen if call != "Plugin.Activate"]),
+                             (label, calls))
+            headers += their_headers
+        self.assertEqual([e for e in os.listdir(self.root) if not e.startswith(".")], [])
+        # Host: plugin, Podman's Content-Type and no Accept
+        self.assertEqual(set((h.get("host"), h.get("accept"), h.get("content-type")) for h in headers),
+                         {("plugin", None, "application/vnd.docker.plugins.v1.1+json")})
+
+    def test_subpath_is_used_refused_when_missing_and_never_escapes(self):
+        """--mount's subpath, from Podman 4.4: opened under the Mountpoint
+        after Mount, and Unmounted when it cannot be (5.4 refuses a path
+        leaving the volume; 5.8 opens it inside it, as openat2 RESOLVE_IN_ROOT
+        does); 4.3 refuses the option."""
+        version = _server_version(["podman"])
+        server = self.start_recording_plugin()
+        for volume in ("sp", "other"):
+            self.podman("volume", "create", "--driver", self.name, volume)
+        os.mkdir(os.path.join(self.root, "sp", "sub"))
+        for path in (os.path.join(self.root, "sp", "sub", "f"), os.path.join(self.root, "other", "f")):
+            with open(path, "w") as f:
+                f.write("in %s\n" % os.path.basename(os.path.dirname(path)))
+        server.take("podman")
+
+        def run(subpath):
+            result = self.run_podman("--mount", "type=volume,src=sp,dst=/d,subpath=" + subpath,
+                                     IMAGE, "cat", "/d/f", check=False)
+            return result, [call for call in server.take("podman")[0] if call != "Plugin.Activate"]
+        if version < (4, 4):
+            refused, calls = run("sub")
+            self.assertIn("subpath: invalid mount option", refused.stderr)
+            self.assertEqual(calls, [])
+            return
+        used, calls = run("sub")
+        self.assertEqual((used.stdout, calls), ("in sub\n", ["Mount", "Unmount"]))
+        for subpath in ("missing", "../other"):
+            refused, calls = run(subpath)
+            self.assertNotEqual(refused.returncode, 0, subpath)
+            self.assertNotIn("in other", refused.stdout)
+            self.assertIn("outside of the volume" if subpath.startswith("..") and version < (5, 8)
+                          else "no such file or directory", refused.stderr)
+            self.assertEqual(calls, ["Mount", "Unmount"], subpath)  # undone at once
+
+    def test_ro_leaves_what_the_driver_mounted_inside_writable(self):
+        """:ro makes the volume read-only, not what the driver mounted under
+        its Mountpoint, on every Podman (Docker's is recursive from 25)."""
+        self.start_recording_plugin()
+        self.podman("volume", "create", "--driver", self.name, "ro")
+        inner = os.path.join(self.root, "ro", "inner")
+        os.mkdir(inner)
+        subprocess.run(["mount", "-t", "tmpfs", "dvp-inner", inner], check=True)
+        self.addCleanup(subprocess.run, ["umount", "-l", inner])
+        top = self.run_podman("-v", "ro:/d:ro", IMAGE, "touch", "/d/top", check=False)
+        self.assertIn("Read-only file system", top.stderr)
+        self.run_podman("-v", "ro:/d:ro", IMAGE, "touch", "/d/inner/x")
+        self.assertTrue(os.path.exists(os.path.join(inner, "x")))
 
     def test_rm_prune_and_reload(self):
         self.start_plugin()
