@@ -1050,7 +1050,7 @@ class Driver(object):
     ValueError saying what is expected (:func:`uint_option`,
     :func:`mode_option`, :func:`size_option`, or ``str``), or to an
     :class:`Option` with a default or required; an option not listed is
-    refused. ``run(*argv)`` runs a program, its stderr the error.
+    refused. ``run(*argv, input=None)`` runs a program, its stderr the error.
     ``secret_words``: an option whose name contains one is a secret, never
     shown or logged. ``scope``: ``"local"``, or ``"global"`` for storage
     every node sees. ``name_pattern`` and ``max_name_length``: the names accepted.
@@ -1411,14 +1411,17 @@ class Driver(object):
         return _format_options(self.redact(options))
 
     @staticmethod
-    def run(*argv: str, timeout: "Optional[float]" = 60.0) -> str:
+    def run(*argv: str, timeout: "Optional[float]" = 60.0, input: "Optional[str]" = None) -> str:
         """Run a program and return its output; a PluginError with its own
-        message (its stderr) when it fails, is missing or takes too long."""
+        message (its stderr) when it fails, is missing or takes too long.
+        ``input`` is written to its stdin (a password: never on its command
+        line, where any user sees it); otherwise stdin is /dev/null."""
         import subprocess  # only drivers that call programs need it
+        # 3.6's run() refuses a stdin beside input, even None
+        stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
         try:
             result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    stdin=subprocess.DEVNULL, timeout=timeout,
-                                    universal_newlines=True)
+                                    timeout=timeout, universal_newlines=True, **stdin)
         except FileNotFoundError:
             raise PluginError("%s: no such program (in a managed plugin: is it in its root "
                               "file system?)" % argv[0])
