@@ -4498,6 +4498,13 @@ class SSHServer(object):
         options.update(more)
         return options
 
+    def create_arguments(self, path, **more):
+        """``options(path)`` as ``volume create``'s ``-o KEY=VALUE`` arguments."""
+        arguments = []
+        for item in sorted(self.options(path, **more).items()):
+            arguments += ["-o", "%s=%s" % item]
+        return arguments
+
 
 def _sshfs_example():
     path = os.path.join(HERE, "examples")
@@ -4842,6 +4849,21 @@ class RecordingServer(dvp.UnixPluginServer):
         calls = [(path.replace("VolumeDriver.", ""), headers)
                  for command, path, headers in taken if command == engine]
         return [call for call, _ in calls], [headers for _, headers in calls]
+
+
+def header_forms(headers):
+    """The (Host, Accept, Content-Type) combinations among recorded headers."""
+    return set((h.get("host"), h.get("accept"), h.get("content-type")) for h in headers)
+
+
+def mount_tmpfs_inside(test, volume_dir):
+    """A tmpfs at VOLUME_DIR/inner, as a driver that mounts under its
+    Mountpoint makes one; unmounted at the test's end."""
+    inner = os.path.join(volume_dir, "inner")
+    os.mkdir(inner)
+    subprocess.run(["mount", "-t", "tmpfs", "dvp-inner", inner], check=True)
+    test.addCleanup(subprocess.run, ["umount", "-l", inner])
+    return inner
 
 
 def _server_version(command):
@@ -5358,7 +5380,7 @@ class EngineTests(unittest.TestCase):
         # 20.10.26, 23.0.7, 24.0.5 and 25 (moby pkg/plugins/client.go); Accept
         # always, never a Content-Type.
         host = "" if version < (23, 0) else "plugin.moby.localhost"
-        self.assertEqual(set((h.get("host"), h.get("accept"), h.get("content-type")) for h in headers),
+        self.assertEqual(header_forms(headers),
                          {(host, "application/vnd.docker.plugins.v1.2+json", None)})
 
     def test_volume_subpath_is_used_refused_when_missing_and_never_escapes(self):
@@ -5402,10 +5424,7 @@ class EngineTests(unittest.TestCase):
         version = _server_version([DOCKER])
         name, root, _ = self.start_recording_plugin()
         self.docker("volume", "create", "-d", name, "ro")
-        inner = os.path.join(root, "ro", "inner")
-        os.mkdir(inner)
-        subprocess.run(["mount", "-t", "tmpfs", "dvp-inner", inner], check=True)
-        self.addCleanup(subprocess.run, ["umount", "-l", inner])
+        inner = mount_tmpfs_inside(self, os.path.join(root, "ro"))
 
         def write(path):
             return self.run_container(name, "--rm", "-v", "ro:/d:ro", IMAGE, "touch", path,
@@ -5430,10 +5449,8 @@ class EngineTests(unittest.TestCase):
 
     def create_sshfs_volume(self, driver, ssh, volume, check=True, **options):
         os.makedirs(os.path.join(ssh.export, volume), exist_ok=True)
-        arguments = []
-        for item in sorted(ssh.options(volume, **options).items()):
-            arguments += ["-o", "%s=%s" % item]
-        return self.docker("volume", "create", "-d", driver, *arguments, volume, check=check)
+        return self.docker("volume", "create", "-d", driver, *ssh.create_arguments(volume, **options),
+                           volume, check=check)
 
     def test_sshfs_volumes_are_the_servers_directory_shared_by_containers(self):
         ssh, name, _, _ = self.start_sshfs_plugin()
@@ -6389,7 +6406,7 @@ class PodmanTests(unittest.TestCase):
             headers += their_headers
         self.assertEqual([e for e in os.listdir(self.root) if not e.startswith(".")], [])
         # Host: plugin, Podman's Content-Type and no Accept
-        self.assertEqual(set((h.get("host"), h.get("accept"), h.get("content-type")) for h in headers),
+        self.assertEqual(header_forms(headers),
                          {("plugin", None, "application/vnd.docker.plugins.v1.1+json")})
 
     def test_subpath_is_used_refused_when_missing_and_never_escapes(self):
@@ -6431,10 +6448,7 @@ class PodmanTests(unittest.TestCase):
         its Mountpoint, on every Podman (Docker's is recursive from 25)."""
         self.start_recording_plugin()
         self.podman("volume", "create", "--driver", self.name, "ro")
-        inner = os.path.join(self.root, "ro", "inner")
-        os.mkdir(inner)
-        subprocess.run(["mount", "-t", "tmpfs", "dvp-inner", inner], check=True)
-        self.addCleanup(subprocess.run, ["umount", "-l", inner])
+        inner = mount_tmpfs_inside(self, os.path.join(self.root, "ro"))
         top = self.run_podman("-v", "ro:/d:ro", IMAGE, "touch", "/d/top", check=False)
         self.assertIn("Read-only file system", top.stderr)
         self.run_podman("-v", "ro:/d:ro", IMAGE, "touch", "/d/inner/x")
@@ -6446,10 +6460,8 @@ class PodmanTests(unittest.TestCase):
         self.start_plugin(extra=["--driver", os.path.join(HERE, "examples", "sshfs.py") +
                                  ":SSHFSVolumes", "--driver-opt", "root=" + self.root])
         os.mkdir(os.path.join(ssh.export, "remote"))
-        arguments = []
-        for item in sorted(ssh.options("remote").items()):
-            arguments += ["-o", "%s=%s" % item]
-        self.podman("volume", "create", "--driver", self.name, *arguments, "remote")
+        self.podman("volume", "create", "--driver", self.name, *ssh.create_arguments("remote"),
+                    "remote")
         self.run_podman("-v", "remote:/data", IMAGE, "sh", "-c", "echo from podman > /data/f")
         with open(os.path.join(ssh.export, "remote", "f")) as f:
             self.assertEqual(f.read(), "from podman\n")
