@@ -770,6 +770,13 @@ _NO_MOUNTS = {"mounts": {}, "mountpoint": None, "pending": None}  # type: Dict[s
 _PENDING = (None, "attach", "detach")
 #: Where boot-scoped state (mount counts, the lock) lives when run as root.
 _RUN_DIR = "/run/docker-volume-plugin"
+#: Set by ``plugin-config`` to a managed plugin's propagated mount, the one
+#: place of its own that ``docker plugin upgrade`` keeps (it replaces the
+#: rootfs, /run included: moby plugin/manager.go ``Upgrade``). A
+#: :class:`Driver` then keeps its mount counts in ``_MANAGED_RUN_DIR`` there,
+#: and refuses records in the rootfs.
+_PROPAGATED_MOUNT_VARIABLE = "DVP_PROPAGATED_MOUNT"
+_MANAGED_RUN_DIR = ".docker-volume-plugin-run"
 
 #: In a shared state directory: each node's mount counts, and the lock all share.
 _NODES_DIR = "nodes"
@@ -859,11 +866,39 @@ def _default_run_dir(state_dir: str) -> str:
     """A boot-scoped directory of our own for ``state_dir``'s mount counts."""
     import hashlib
     key = hashlib.sha256(os.fsencode(state_dir)).hexdigest()[:16]
+    propagated_mount = os.environ.get(_PROPAGATED_MOUNT_VARIABLE)
+    if propagated_mount:
+        return os.path.join(propagated_mount, _MANAGED_RUN_DIR, key)
     if os.geteuid() == 0:
         return os.path.join(_RUN_DIR, key)
     base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(
         "/tmp", "docker-volume-plugin-%d" % os.geteuid())
     return os.path.join(base, "docker-volume-plugin", key)
+
+
+def _mount_point_of(path: str) -> str:
+    """The mount point of the file system ``path`` is on, from
+    /proc/self/mountinfo: os.path.ismount misses a bind mount of a directory
+    of the same file system, which is what Docker makes of a plugin's
+    propagated mount and rootfs alike."""
+    path = os.path.realpath(path)
+    with open("/proc/self/mountinfo", "rb") as mountinfo:
+        points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)),
+                         os.fsdecode(line.split()[4])) for line in mountinfo]
+    return max((point for point in points
+                if path == point or path.startswith(point.rstrip("/") + "/")), key=len,
+               default="/")
+
+
+def _refuse_state_in_rootfs(state_dir: str) -> None:
+    """In a managed plugin, records on the rootfs would be forgotten by the
+    next ``docker plugin upgrade``, with every volume they describe."""
+    propagated_mount = os.environ.get(_PROPAGATED_MOUNT_VARIABLE)
+    if propagated_mount and _mount_point_of(state_dir) == "/":
+        raise PluginError("refusing to keep volume records in %s, on the plugin's root file "
+                          "system: docker plugin upgrade replaces it, and every volume would "
+                          "be forgotten. Keep them under the propagated mount, %s (or a "
+                          "mount of the host's)" % (state_dir, propagated_mount))
 
 
 def _node_run_dir(state_dir: str, node: str) -> str:
@@ -1092,6 +1127,7 @@ class Driver(object):
                  shared: "Optional[bool]" = None) -> None:
         self.shared = self.scope == "global" if shared is None else shared
         self.state_dir = _private_directory(state_dir, "volume state")
+        _refuse_state_in_rootfs(self.state_dir)
         if run_dir is None:
             run_dir = (_node_run_dir(self.state_dir, socket.gethostname()) if self.shared
                        else _default_run_dir(self.state_dir))
@@ -3661,6 +3697,12 @@ def find_plugin(name: str, socket_dir: str = PLUGIN_SOCKET_DIR,
     winner shadows and ``source`` naming the configuration used.
     """
     lookup = PluginLookup()
+    managed = _managed_plugin(name, socket_dir)
+    if managed is not None:
+        lookup.address, problem, lookup.source = managed
+        if problem:
+            lookup.problems.append(problem)
+        return lookup
     # (file, address, TLSConfig, problem) of each file the engine would look at, in order
     found = []  # type: List[Tuple[str, Optional[str], Optional[Dict[str, Any]], Optional[str]]]
     for path in (os.path.join(socket_dir, name + ".sock"),
@@ -3704,6 +3746,34 @@ def find_plugin(name: str, socket_dir: str = PLUGIN_SOCKET_DIR,
         % (name, socket_dir, name, name, " or ".join(spec_dirs), name,
            " or ".join(_podman_config_files(podman_configs)) or "containers.conf"))
     return lookup
+
+
+def _managed_plugin(name: str, socket_dir: str
+                    ) -> "Optional[Tuple[Optional[str], Optional[str], str]]":
+    """(address, problem, source) of the local Docker's managed plugin
+    ``name``, or None if it has none. Docker resolves a managed plugin first,
+    a bare name as ``NAME:latest``; a disabled one fails the lookup, with no
+    fallback (moby plugin/store.go ``Get``). It dials
+    ``socket_dir/ID/SOCKET`` (moby plugin/v2/plugin_linux.go)."""
+    plugins = _docker_api("/plugins")
+    if not isinstance(plugins, list):
+        return None
+    wanted = (name, name + ":latest") if ":" not in name.rpartition("/")[2] else (name,)
+    for plugin in plugins:
+        if not isinstance(plugin, dict) or plugin.get("Name") not in wanted:
+            continue
+        source = "the engine's managed plugin %s (%s)" % (plugin.get("Name"),
+                                                            str(plugin.get("Id"))[:12])
+        interface = (plugin.get("Config") or {}).get("Interface") or {}
+        # The API gives each type as its string (moby api/types/plugin_responses.go).
+        if "docker.volumedriver/1.0" not in (interface.get("Types") or []):
+            return None, "%s is not a volume plugin" % source, source
+        if not plugin.get("Enabled"):
+            return None, ("%s is disabled: the engine fails the lookup (docker plugin enable "
+                          "%s)" % (source, name)), source
+        path = os.path.join(socket_dir, str(plugin.get("Id")), str(interface.get("Socket")))
+        return "unix://" + path, _socket_path_too_long(path), source
+    return None
 
 
 def _resolve(target: str, socket_dir: str = PLUGIN_SOCKET_DIR,
@@ -5130,6 +5200,9 @@ def _build_parser() -> "Any":
                                help="a host path bind-mounted into the plugin (repeatable)")
     config_parser.add_argument("--device", action="append", default=[], metavar="PATH",
                                help="a host device given to the plugin (repeatable)")
+    config_parser.add_argument("--host-network", action="store_true",
+                               help="share the host's network (a driver that reaches a "
+                                    "server); by default the plugin has none")
     config_parser.add_argument("--log-level", default="INFO", type=str.upper,
                                choices=_LOG_LEVELS, help="the initial %s (default: %%(default)s)"
                                % _LOG_LEVEL_VARIABLE)
@@ -5175,7 +5248,7 @@ def _plugin_config(args: "Any") -> "Dict[str, Any]":
         # Volumes, records and mount counts all under the propagated mount,
         # which Docker keeps across disable, enable and upgrade; the rootfs
         # is replaced by an upgrade.
-        entrypoint += ["--run-dir", mount + "/.docker-volume-plugin-run"]
+        entrypoint += ["--run-dir", os.path.join(mount, _MANAGED_RUN_DIR)]
         settable = ["--root", mount]
         what = "the built-in directory driver"
     mounts = []
@@ -5194,10 +5267,11 @@ def _plugin_config(args: "Any") -> "Dict[str, Any]":
         "args": {"name": "args", "description": "the driver's command-line arguments",
                  "settable": ["value"], "value": settable},
         "env": [{"name": "PYTHONUNBUFFERED", "value": "1"},
+                {"name": _PROPAGATED_MOUNT_VARIABLE, "value": mount},
                 {"name": _LOG_LEVEL_VARIABLE, "description": " ".join(_LOG_LEVELS),
                  "settable": ["value"], "value": args.log_level}],
         "interface": {"types": ["docker.volumedriver/1.0"], "socket": socket_name},
-        "network": {"type": ""},
+        "network": {"type": "host" if args.host_network else ""},
         "mounts": mounts,
         "propagatedMount": mount,
         "linux": {"capabilities": sorted(set(c.upper() for c in args.capability)),

@@ -3,7 +3,8 @@
 # for `docker plugin create NAME OUTDIR`.
 #
 #   examples/managed/build.sh OUTDIR [--driver FILE.py:ATTR] [--image IMAGE]
-#                             [--python PATH] [plugin-config options...]
+#       [--python PATH] [--binary PROGRAM]... [--file PATH]...
+#       [--check-opt KEY=VALUE]... [plugin-config options...]
 #
 # The rootfs holds docker_volume_plugin.py (and the --driver file) in /plugin.
 # Its Python comes from
@@ -12,30 +13,57 @@
 #     imported when this script ran it and `check`ed it, as bytecode; or
 #   - --image IMAGE, any image with Python in it (python:3-alpine, your
 #     distribution's), exported with `docker create` + `docker export`.
-# Other options (--driver-opt, --capability, --mount, --device, --log-level,
-# --description, --name, --propagated-mount) go to `plugin-config`.
+# --binary PROGRAM (a name on PATH, or a path) copies a program the driver
+# runs, with the shared libraries it links, to the same path; --file PATH
+# copies any other file it reads. Without --image the rootfs also gets an
+# /etc/passwd, /etc/group and /etc/nsswitch.conf of root alone.
+# Without --image the plugin is first run here, with its own --driver-opt
+# and `check` driving every call, in a mount namespace of this script's own
+# with a tmpfs on the propagated mount: what it makes and mounts there is
+# gone when the script ends. --check-opt KEY=VALUE is an option of check's
+# scratch volumes (such as sshcmd=... for a driver that needs one).
+# Other options (--driver-opt, --capability, --mount, --device,
+# --host-network, --log-level, --description, --name, --propagated-mount)
+# go to `plugin-config`.
 # Run it as root: `docker plugin create` keeps the files' owners, and the
 # plugin refuses a root file system that another user could change.
 set -euo pipefail
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "build.sh: $*" >&2; exit 1; }
 
 [ $# -ge 1 ] || usage
+[ "$(id -u)" = 0 ] || die "run it as root: docker plugin create keeps the files' owners"
+# Every mount from here on (the tmpfs, what the driver mounts while it is
+# checked) stays in a mount namespace of this script's own.
+if [ -z "${_DVP_BUILD_NAMESPACE:-}" ]; then
+    _DVP_BUILD_NAMESPACE=1 exec unshare --mount --propagation private -- bash "$0" "$@"
+fi
 OUT=$1
 shift
-DRIVER= IMAGE= PLUGIN_PYTHON= CONFIG_ARGS=() DRIVER_OPTS=()
+DRIVER= IMAGE= PLUGIN_PYTHON= CONFIG_ARGS=() DRIVER_OPTS=() PROGRAMS=() FILES=()
+CHECK_OPTS=() MOUNT=/mnt/volumes
 while [ $# -gt 0 ]; do
     case "$1" in
         --driver) DRIVER=${2:?--driver needs FILE.py:ATTR}; shift 2 ;;
         --image) IMAGE=${2:?--image needs an image}; shift 2 ;;
         --python) PLUGIN_PYTHON=${2:?--python needs a path}; shift 2 ;;
         --driver-opt) DRIVER_OPTS+=("$1" "${2:?--driver-opt needs KEY=VALUE}"); shift 2 ;;
+        --binary)
+            found=$(command -v "${2:?--binary needs a program}") && [ -f "$found" ] ||
+                die "--binary $2: no such program"
+            PROGRAMS+=("$found"); shift 2 ;;
+        --file)
+            case "${2:?--file needs a path}" in /*) ;; *) die "--file $2: expected an absolute path" ;; esac
+            [ -f "$2" ] || die "--file $2: no such file"
+            FILES+=("$2"); shift 2 ;;
+        --check-opt) CHECK_OPTS+=(-o "${2:?--check-opt needs KEY=VALUE}"); shift 2 ;;
+        --propagated-mount)
+            MOUNT=${2:?--propagated-mount needs a path}; CONFIG_ARGS+=("$1" "$2"); shift 2 ;;
         -h|--help) usage ;;
         *) CONFIG_ARGS+=("$1"); shift ;;
     esac
 done
-[ "$(id -u)" = 0 ] || die "run it as root: docker plugin create keeps the files' owners"
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 MODULE=${DVP_MODULE:-$HERE/../../docker_volume_plugin.py}
@@ -45,24 +73,36 @@ ROOTFS=$OUT/rootfs
 if [ -e "$ROOTFS" ] && [ -n "$(ls -A "$ROOTFS")" ]; then
     die "$ROOTFS is not empty"
 fi
+plugin_config() {
+    "$HOST_PYTHON" "$MODULE" plugin-config --python "$1" \
+        ${DRIVER:+--driver "/plugin/$(basename "${DRIVER%:*}"):${DRIVER##*:}"} \
+        "${DRIVER_OPTS[@]}" "${CONFIG_ARGS[@]}"
+}
+plugin_config /usr/bin/python3 >/dev/null || exit 2  # its options checked before any work
 mkdir -p "$ROOTFS/plugin"
 cp "$MODULE" "$ROOTFS/plugin/docker_volume_plugin.py"
-DRIVER_IN_PLUGIN=()
 if [ -n "$DRIVER" ]; then
-    file=${DRIVER%:*} attr=${DRIVER##*:}
+    file=${DRIVER%:*}
     [ -f "$file" ] && [ "$file" != "$DRIVER" ] || die "--driver $DRIVER: expected FILE.py:ATTR"
     cp "$file" "$ROOTFS/plugin/"
-    DRIVER_IN_PLUGIN=(--driver "/plugin/$(basename "$file"):$attr")
 fi
 # What Docker binds into the plugin needs somewhere to go: the socket
 # directory (PROTOCOL.md 4.2) and the propagated mount.
-mkdir -p "$ROOTFS/run/docker/plugins" "$ROOTFS/mnt/volumes" "$ROOTFS/tmp" \
+mkdir -p "$ROOTFS/run/docker/plugins" "$ROOTFS$MOUNT" "$ROOTFS/tmp" \
          "$ROOTFS/proc" "$ROOTFS/sys" "$ROOTFS/dev" "$ROOTFS/etc"
 chmod 1777 "$ROOTFS/tmp"
+scratch=$(mktemp -d) server= cid= made=
+cleanup() {
+    [ -z "$server" ] || kill "$server" 2>/dev/null || true
+    [ -z "$cid" ] || docker rm -f "$cid" >/dev/null 2>&1 || true
+    [ -z "$made" ] || rmdir "$made" 2>/dev/null || true
+    rm -rf "$scratch"
+}
+trap cleanup EXIT
+: >"$scratch/modules"
 
 if [ -n "$IMAGE" ]; then
     cid=$(docker create "$IMAGE" true)
-    trap 'docker rm -f "$cid" >/dev/null 2>&1 || true' EXIT
     docker export "$cid" | tar -x -C "$ROOTFS" --exclude=dev --exclude=proc --exclude=sys
     if [ -z "$PLUGIN_PYTHON" ]; then
         for candidate in /usr/local/bin/python3 /usr/bin/python3; do
@@ -76,17 +116,22 @@ if [ -n "$IMAGE" ]; then
     # The plugin's Python writes its bytecode on the first start.
 else
     PLUGIN_PYTHON=${PLUGIN_PYTHON:-$(readlink -f "$HOST_PYTHON")}
-    scratch=$(mktemp -d)
-    trap 'kill "$server" 2>/dev/null || true; rm -rf "$scratch"' EXIT
-    # Run the plugin as the config will run it, with `check` driving every
-    # call, and list the modules it imported.
-    cp "$ROOTFS/plugin/"*.py "$scratch/"
-    driver_here=()
-    [ -n "$DRIVER" ] && driver_here=(--driver "$scratch/$(basename "${DRIVER%:*}"):${DRIVER##*:}")
-    if [ ${#driver_here[@]} -eq 0 ]; then
-        driver_here=(--root "$scratch/volumes" --run-dir "$scratch/run")
+    # The plugin as the config runs it: its options, its propagated mount
+    # (a tmpfs of this namespace; the directory made here if it is missing,
+    # and removed after), check driving every call; then the list of the
+    # modules it imported.
+    if [ ! -d "$MOUNT" ]; then
+        mkdir "$MOUNT" || die "--propagated-mount $MOUNT: cannot make it on this host to try the plugin"
+        made=$MOUNT
     fi
-    (cd "$scratch" && exec "$HOST_PYTHON" -c '
+    mount -t tmpfs -o mode=0755 dvp-build "$MOUNT"
+    cp "$ROOTFS/plugin/"*.py "$scratch/"
+    if [ -n "$DRIVER" ]; then
+        driver_here=(--driver "$scratch/$(basename "${DRIVER%:*}"):${DRIVER##*:}")
+    else
+        driver_here=(--root "$MOUNT" --run-dir "$MOUNT/.docker-volume-plugin-run")
+    fi
+    (cd "$scratch" && DVP_PROPAGATED_MOUNT=$MOUNT exec "$HOST_PYTHON" -c '
 import atexit, runpy, sys
 listing = sys.argv.pop(1)
 def record():
@@ -102,16 +147,26 @@ runpy.run_module("docker_volume_plugin", run_name="__main__", alter_sys=True)
         "${DRIVER_OPTS[@]}" --limit poll_interval=0.02 2>"$scratch/log") &
     server=$!
     for _ in $(seq 1 500); do [ -S "$scratch/build.sock" ] && break; sleep 0.02; done
-    if ! "$HOST_PYTHON" "$MODULE" check "unix://$scratch/build.sock" >"$scratch/check"; then
+    if ! "$HOST_PYTHON" "$MODULE" check "${CHECK_OPTS[@]}" "unix://$scratch/build.sock" \
+            >"$scratch/check"; then
         cat "$scratch/check" "$scratch/log" >&2
         die "the plugin did not pass check on this host"
     fi
     kill -TERM "$server"
     wait "$server" || die "the plugin did not stop cleanly: $(cat "$scratch/log")"
-    "$HOST_PYTHON" - "$ROOTFS" "$scratch/modules" "$PLUGIN_PYTHON" <<'EOF'
-"""Copy the interpreter, its libraries and the modules it imported."""
+    server=
+    umount "$MOUNT"
+    # Root alone, for the programs that look a user up (ssh, for its ~/.ssh).
+    echo "root:x:0:0:root:/root:/bin/sh" >"$ROOTFS/etc/passwd"
+    echo "root:x:0:" >"$ROOTFS/etc/group"
+    printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$ROOTFS/etc/nsswitch.conf"
+    mkdir -p -m 0700 "$ROOTFS/root"
+fi
+"$HOST_PYTHON" - "$ROOTFS" "$scratch/modules" "$PLUGIN_PYTHON" "${PROGRAMS[@]}" "${FILES[@]}" <<'EOF'
+"""Copy this host's Python and the modules the plugin imported (if it
+ran), and the programs and files asked for, each with what it links."""
 import os, py_compile, shutil, subprocess, sys, sysconfig
-rootfs, listing, python = sys.argv[1:]
+rootfs, listing, python = sys.argv[1:4]
 stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])
 dynload = os.path.join(stdlib, "lib-dynload")
 
@@ -129,19 +184,23 @@ def place(path):
         shutil.copy2(path, target)
 
 def libraries(binary):
-    """The shared libraries a binary loads, the dynamic loader included."""
-    out = subprocess.run(["ldd", binary], stdout=subprocess.PIPE,
+    """The shared libraries a binary loads, the dynamic loader included
+    (none for a file that is not a dynamic executable)."""
+    out = subprocess.run(["ldd", binary], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                          universal_newlines=True).stdout
     for line in out.splitlines():
-        words = line.split()
-        for word in words:
+        for word in line.split():
             if word.startswith("/"):
                 yield word
 
-shared = {python}
+copied = set(sys.argv[4:])
 wanted = set(open(listing).read().split())
-# Never loaded on a UTF-8 host, but needed where the locale falls back.
-wanted.update(os.path.join(stdlib, "encodings", m + ".py") for m in ("ascii", "latin_1", "utf_8"))
+if wanted:  # the plugin ran on this host's Python
+    copied.add(python)
+    # Never loaded on a UTF-8 host, but needed where the locale falls back.
+    wanted.update(os.path.join(stdlib, "encodings", m + ".py") for m in ("ascii", "latin_1", "utf_8"))
+    # Python finds its prefix by os.py(c) and lib-dynload (Modules/getpath).
+    os.makedirs(rootfs + dynload, exist_ok=True)
 for path in sorted(wanted):
     path = os.path.realpath(path)
     if not path.startswith(stdlib + os.sep):
@@ -151,25 +210,19 @@ for path in sorted(wanted):
         os.makedirs(os.path.dirname(target), exist_ok=True)
         py_compile.compile(path, cfile=target, dfile=path, doraise=True)
     else:
-        place(path)
-        shared.add(path)
-# Python finds its prefix by os.py(c) and lib-dynload (Modules/getpath).
-os.makedirs(rootfs + dynload, exist_ok=True)
-for binary in sorted(shared):
-    place(binary)
-    for library in libraries(binary):
+        copied.add(path)
+for path in sorted(copied):
+    place(path)
+    for library in libraries(path):
         place(library)
-for name in ("python3",):
-    link = rootfs + "/usr/bin/" + name
-    if not os.path.lexists(link):
-        os.makedirs(os.path.dirname(link), exist_ok=True)
-        os.symlink(os.path.basename(python), link) if os.path.dirname(python) == "/usr/bin" \
-            else os.symlink(python, link)
+link = rootfs + "/usr/bin/python3"
+if wanted and not os.path.lexists(link):
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    os.symlink(os.path.basename(python), link) if os.path.dirname(python) == "/usr/bin" \
+        else os.symlink(python, link)
 EOF
-    "$HOST_PYTHON" -m compileall -q "$ROOTFS/plugin" >/dev/null
-fi
+[ -n "$IMAGE" ] || "$HOST_PYTHON" -m compileall -q "$ROOTFS/plugin" >/dev/null
 
-"$HOST_PYTHON" "$MODULE" plugin-config --python "$PLUGIN_PYTHON" "${DRIVER_IN_PLUGIN[@]}" \
-    "${DRIVER_OPTS[@]}" "${CONFIG_ARGS[@]}" >"$OUT/config.json"
+plugin_config "$PLUGIN_PYTHON" >"$OUT/config.json"
 echo "build.sh: $OUT/config.json and $OUT/rootfs ($(du -sh --apparent-size "$ROOTFS" | cut -f1)B); then:" >&2
 echo "  docker plugin create NAME $OUT && docker plugin enable NAME" >&2
