@@ -1072,6 +1072,14 @@ class Driver(object):
         still attached), at its removal (refused until it succeeds), at the
         next start and every ``detach_retry_interval`` seconds. ``mountpoint``
         is None when a crash came during ``attach``: undo whatever it made.
+    ``is_attached(name, options, mountpoint) -> bool``
+        Whether storage attached earlier is still there, asked at each mount
+        of a volume that is mounted already. When False, ``attach`` is called
+        again, the mounts held kept (if it raises, that mount fails and
+        nothing changes). Default: True. Define it when the storage can die
+        while containers use it: a FUSE mount whose process was the plugin's
+        (``docker plugin disable -f`` and ``upgrade`` stop it, and the engine
+        unmounts it from the propagated mount), a network block device.
     ``destroy(name, options)``
         Delete the storage; never called while the volume is mounted. Must
         succeed for storage that is half made or already gone.
@@ -1225,6 +1233,9 @@ class Driver(object):
     def detach(self, name: str, options: "Dict[str, Any]", mountpoint: str) -> None:
         pass
 
+    def is_attached(self, name: str, options: "Dict[str, Any]", mountpoint: str) -> bool:
+        return True
+
     def destroy(self, name: str, options: "Dict[str, Any]") -> None:
         pass
 
@@ -1327,6 +1338,12 @@ class Driver(object):
                 except BaseException:
                     self._write_mounts(name, _NO_MOUNTS)
                     raise
+            elif not self.is_attached(name, options, path):
+                # The mounts held stay recorded as they are: a crash in this
+                # attach leaves the next mount to ask again.
+                log.warning("volume %r: its storage at %s is gone under %d mount(s); "
+                            "attaching it again", name, path, sum(mounts.values()))
+                path = self.attach(name, options)
             mounts[mount_id] = mounts.get(mount_id, 0) + 1  # docker cp reuses an ID
             try:
                 self._write_mounts(name, {"mounts": mounts, "mountpoint": path, "pending": None})

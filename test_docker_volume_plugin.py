@@ -988,10 +988,7 @@ class SystemdTests(unittest.TestCase):
         proc = _spawn(self, ["systemd-socket-activate", "-l", sock, "--fdname=plugin",
                              sys.executable, MODULE, "serve", *QUICK_STOP, "--root", self.root],
                       stderr=subprocess.PIPE, universal_newlines=True, env=self.env)
-        for _ in range(200):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.05)
+        _wait_for_listening(sock)
         self.assertFalse(os.path.exists(self.root))  # nothing started yet
         with dvp.PluginClient(sock, timeout=20) as client:  # this call starts it
             self.assertEqual(client.activate(), ["VolumeDriver"])
@@ -1177,7 +1174,8 @@ class SystemdTests(unittest.TestCase):
     def test_shipped_unit_files_verify(self):
         units = sorted(os.path.join(UNITS, f) for f in os.listdir(UNITS))
         self.assertEqual([os.path.basename(u) for u in units],
-                         ["docker-volume-plugin-dirs.service", "docker-volume-plugin-dirs.socket"])
+                         ["docker-volume-plugin-dirs.service", "docker-volume-plugin-dirs.socket",
+                          "docker-volume-plugin-sshfs.service", "docker-volume-plugin-sshfs.socket"])
         result = subprocess.run(["systemd-analyze", "verify", "--man=no"] + units,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 universal_newlines=True, timeout=60, cwd=UNITS)
@@ -1193,6 +1191,18 @@ class SystemdTests(unittest.TestCase):
         for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ProtectSystem=strict",
                      "NoNewPrivileges=yes"):
             self.assertIn(line, service)
+        # The mounting unit: none of the settings that give a service a mount
+        # namespace of its own (../shared/docs/ENGINE.md, "A real systemd").
+        with open(os.path.join(UNITS, "docker-volume-plugin-sshfs.service")) as f:
+            settings = [line.split("=", 1)[0] for line in f.read().splitlines()
+                        if "=" in line and not line.startswith("#")]
+        for namespacing in ("ProtectSystem", "PrivateTmp", "ProtectHome", "ProtectKernelTunables",
+                            "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups",
+                            "PrivateMounts", "ReadWritePaths", "ReadOnlyPaths", "InaccessiblePaths",
+                            "TemporaryFileSystem", "BindPaths", "PrivateDevices", "MountFlags"):
+            self.assertNotIn(namespacing, settings)
+        for setting in ("KillMode", "CapabilityBoundingSet", "DeviceAllow", "NoNewPrivileges"):
+            self.assertIn(setting, settings)
 
     def test_shipped_unit_runs_the_module_from_its_bytecode(self):
         with open(os.path.join(UNITS, "docker-volume-plugin-dirs.service")) as f:
@@ -1885,6 +1895,20 @@ def _spawn(test, args, **kwargs):
                 pipe.close()
     test.addCleanup(reap)
     return proc
+
+
+def _wait_for_listening(path, seconds=10):
+    """Wait until a Unix socket at PATH listens, without connecting to it (a
+    connection would start a socket-activated plugin): its path exists from
+    bind(), before listen(), in between a connection is refused."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with open("/proc/net/unix") as sockets:  # Num RefCount Protocol Flags ... Path
+            if any(line.split()[3:4] == ["00010000"] and line.split()[-1] == path
+                   for line in sockets):  # __SO_ACCEPTCON: listening
+                return
+        time.sleep(0.02)
+    raise AssertionError("nothing listens on %s" % path)
 
 
 def _wait_for_socket(path, proc, seconds=10):
@@ -2968,9 +2992,12 @@ class Attaching(dvp.Driver):
 
     def __init__(self, state_dir, marks, crash=""):
         self.marks, self.crash, self.busy, self.attached = marks, crash, False, 0
+        self.failing = False
         dvp.Driver.__init__(self, state_dir)
 
     def attach(self, name, options):
+        if self.failing:
+            raise dvp.PluginError("mount: %s: no such device" % name)
         self.attached += 1
         path = os.path.join(self.marks, name)
         os.makedirs(path, exist_ok=True)
@@ -2986,6 +3013,9 @@ class Attaching(dvp.Driver):
         path = mountpoint or os.path.join(self.marks, name)  # None: a crash in attach
         if os.path.isdir(path):
             os.rmdir(path)
+
+    def is_attached(self, name, options, mountpoint):
+        return os.path.isdir(mountpoint)
 '''
 
 
@@ -3037,6 +3067,27 @@ class DetachTests(QuietLogs, unittest.TestCase):
         self.assertNotIn("detach pending", driver.get("v")["Status"])
         driver.remove("v")
         self.assertIsNone(driver.get("v"))
+
+    def test_storage_gone_under_mounts_held_is_attached_again_by_the_next_mount(self):
+        driver = self.open()
+        driver.create("v", {})
+        path = driver.mount("v", MOUNT_ID)
+        os.rmdir(path)  # gone under a container (a managed plugin's FUSE process killed)
+        driver.failing = True
+        with self.assertRaisesRegex(dvp.PluginError, "no such device"):
+            driver.mount("v", "b" * 64)  # that mount fails, the one held stays
+        self.assertEqual(driver.volumes()["v"]["mounts"], {MOUNT_ID: 1})
+        driver.failing = False
+        with self.assertLogs("docker_volume_plugin", "WARNING") as logs:
+            self.assertEqual(driver.mount("v", "b" * 64), path)
+        self.assertIn("is gone under 1 mount(s); attaching it again", logs.output[0])
+        self.assertEqual((driver.attached, self.attached()), (2, True))
+        driver.mount("v", "c" * 64)
+        self.assertEqual(driver.attached, 2)  # there: used as it is
+        self.assertEqual(driver.volumes()["v"]["mounts"], {MOUNT_ID: 1, "b" * 64: 1, "c" * 64: 1})
+        for mount_id in (MOUNT_ID, "b" * 64, "c" * 64):
+            driver.unmount("v", mount_id)
+        self.assertFalse(self.attached())
 
     def test_a_pending_detach_is_done_at_the_next_start_or_removal(self):
         driver = self.open()
@@ -4589,7 +4640,9 @@ class SSHFSTests(QuietLogs, unittest.TestCase):
             self.driver.create(name, options)
             with self.assertRaises(dvp.PluginError) as caught:
                 self.driver.mount(name, MOUNT_ID)
-            self.assertIn("sshfs failed: read: Connection reset by peer", str(caught.exception))
+            # sshfs's own words, as the ssh it started went: then ssh's
+            self.assertRegex(str(caught.exception), "sshfs failed: (read: Connection reset by "
+                             "peer|write: Broken pipe)")
             self.assertIn(message, str(caught.exception), name)
             self.assertNotIn("wrong", str(caught.exception))
             self.assertEqual(self.driver.volumes()[name]["mounts"], {})
@@ -4627,6 +4680,30 @@ class SSHFSTests(QuietLogs, unittest.TestCase):
             self.assertEqual(f.read(), "before\n")
         self.driver.unmount("v", MOUNT_ID)
 
+    def test_a_mount_whose_sshfs_died_is_mounted_anew_for_the_next_container(self):
+        os.mkdir(os.path.join(self.server.export, "v"))
+        self.driver.create("v", self.server.options("v"))
+        path = self.driver.mount("v", MOUNT_ID)
+        with open(os.path.join(path, "f"), "w") as f:
+            f.write("kept\n")
+        sshfs = [pid for pid in os.listdir("/proc") if pid.isdigit() and
+                 _command_line(pid)[:1] == ["sshfs"] and path in _command_line(pid)]
+        self.assertEqual(len(sshfs), 1)
+        os.kill(int(sshfs[0]), signal.SIGKILL)  # as `docker plugin upgrade` does
+        deadline = time.time() + 5
+        while _sshfs_example()._connected(path) and time.time() < deadline:
+            time.sleep(0.05)
+        with self.assertRaises(OSError) as caught:
+            os.stat(path)
+        self.assertEqual(caught.exception.errno, errno.ENOTCONN)
+        self.assertEqual(self.driver.mount("v", MOUNT_ID2), path)
+        with open(os.path.join(path, "f")) as f:
+            self.assertEqual(f.read(), "kept\n")
+        self.assertEqual(self.driver.volumes()["v"]["mounts"], {MOUNT_ID: 1, MOUNT_ID2: 1})
+        self.driver.unmount("v", MOUNT_ID)
+        self.driver.unmount("v", MOUNT_ID2)
+        self.assertFalse(sshfs_mounted(path))
+
     def test_passes_check(self):
         os.mkdir(os.path.join(self.server.export, "checked"))
         sock = os.path.join(self.base, "s.sock")
@@ -4638,6 +4715,14 @@ class SSHFSTests(QuietLogs, unittest.TestCase):
         with open(_sshfs_example().__file__) as source:
             lines = [l for l in source if l.strip() and not l.strip().startswith("#")]
         self.assertLess(len(lines), 140)
+
+
+def _command_line(pid):
+    try:
+        with open("/proc/%s/cmdline" % pid, "rb") as f:
+            return f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return []
 
 
 def sshfs_mounted(path):
@@ -5269,10 +5354,7 @@ class EngineTests(unittest.TestCase):
         self.addCleanup(lambda: os.path.exists(sock) and os.unlink(sock))
         self.addCleanup(self._stop_plugin, proc, sock)
         self.addCleanup(self._remove_engine_objects, name)
-        for _ in range(200):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.05)
+        _wait_for_listening(sock)
         self.assertFalse(os.path.exists(root))  # listening, not started
         self.docker("volume", "create", "-d", name, "-o", "mode=0750", "activated")
         self.assertEqual(stat.S_IMODE(os.stat(os.path.join(root, "activated")).st_mode), 0o750)
@@ -6297,6 +6379,12 @@ class ManagedEngineTests(unittest.TestCase):
         self.assertEqual(self.plugin(alias)["Config"]["Description"], "sshfs v2")
         with open(counts[0]) as f:
             self.assertEqual(json.load(f)["mounts"], mounted)  # the count kept
+        # The upgrade killed the plugin's sshfs (the engine unmounts the
+        # propagated mount): the next container's Mount mounts it anew.
+        self.assertEqual(self.run_container(volume, "cat", "/d/f"), "written\n")
+        self.assertEqual(self.inspect_status(volume)["mounted"], True)
+        with open(counts[0]) as f:
+            self.assertEqual(json.load(f)["mounts"], mounted)  # its own count gone again
         # Its last Unmount, after the upgrade, unmounts.
         self.docker("rm", "-f", user)
         self.assertEqual(self.inspect_status(volume)["mounted"], False)
@@ -6329,6 +6417,211 @@ class ManagedEngineTests(unittest.TestCase):
         self.docker("volume", "rm", self.alias + "-v")
         self.docker("plugin", "rm", "-f", self.alias)  # enabled: forced
         self.assertFalse(os.path.exists(os.path.join(dvp.PLUGIN_SOCKET_DIR, plugin_id)))
+
+
+# -- the shipped systemd units, under a real systemd -----------------------------------
+
+SYSTEMD = os.path.join(HERE, ".ci", "systemd")
+
+
+def _systemd_problem():
+    """Why the units cannot run under .ci/systemd's systemd here, or None."""
+    shared = os.environ.get("DVP_SHARED_DIR", "/tmp/dvp-shared")
+    if not os.path.realpath(tempfile.gettempdir()).startswith(shared + "/"):
+        return ("TMPDIR is not under %s, the one tree the engine shares with .ci/systemd's "
+                "systemd (.ci/run sets it)" % shared)
+    missing = [program for program in ("nsenter", "unshare", "debootstrap")
+               if shutil.which(program) is None]
+    return "missing %s (util-linux, debootstrap)" % ", ".join(missing) if missing else None
+
+
+def _unmount_under(path):
+    """Lazily unmount whatever is mounted under PATH (a dead sshfs, say)."""
+    with open("/proc/self/mountinfo") as mountinfo:
+        points = [line.split()[4] for line in mountinfo]
+    for point in sorted((p for p in points if p.startswith(path + "/")), reverse=True):
+        subprocess.run(["umount", "-l", point], stderr=subprocess.DEVNULL)
+
+
+class SystemdEngineTests(unittest.TestCase):
+    """Both shipped units under a real systemd, PID 1 of namespaces of its own
+    (.ci/systemd), installed by the commands of their own comments and started
+    by the engine's first call on their sockets.
+
+    That systemd has a root file system of its own: it shares with the host
+    (and the engine) only the plugin socket directory and the shared tree
+    under /tmp. Drop-ins therefore give each test's plugin a name of its own
+    (its socket), put the volumes' root in the shared tree where the engine
+    sees it (for the directory unit, whose PrivateTmp would hide it, with
+    PrivateTmp=no and the root read-write) and shorten WatchdogSec; the rest
+    of each unit runs as shipped.
+    """
+
+    docker = EngineTests.docker
+    run_container = EngineTests.run_container
+    inspect = EngineTests.inspect
+    _remove_engine_objects = EngineTests._remove_engine_objects
+
+    WATCHDOG_SECONDS = 3
+
+    @classmethod
+    def setUpClass(cls):
+        _skip_or_fail("systemd engine tests", _engine_problem() or _systemd_problem())
+        cls.base = tempfile.mkdtemp(prefix="dvp-systemd-")
+        try:  # the first run debootstraps its root (about 90 s), kept for the next
+            cls.pid = _command(["bash", SYSTEMD, "start", cls.base], timeout=900).stdout.strip()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+        cls.checkout = os.path.join(cls.base, "checkout")  # where the units' commands run
+        os.makedirs(cls.checkout)
+        shutil.copy(MODULE, cls.checkout)
+        shutil.copytree(os.path.join(HERE, "examples"), os.path.join(cls.checkout, "examples"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+
+    @classmethod
+    def tearDownClass(cls):
+        _command(["bash", SYSTEMD, "stop", cls.base], check=False)
+        _unmount_under(cls.base)
+        shutil.rmtree(cls.base, ignore_errors=True)
+        _forget_test_plugins()
+
+    def setUp(self):
+        self.base = temp_dir(self, prefix="test-", where=self.__class__.base)
+
+    def in_systemd(self, *argv, **kwargs):
+        """Run ARGV in the systemd's namespaces, its root file system."""
+        return _command(["nsenter", "-t", self.pid, "-m", "-p"] + list(argv), **kwargs)
+
+    def inside(self, path):
+        """PATH of the systemd's root file system, as the host sees it."""
+        return "/proc/%s/root%s" % (self.pid, path)
+
+    def show(self, unit):
+        properties = self.in_systemd("systemctl", "show", unit).stdout
+        return dict(line.split("=", 1) for line in properties.splitlines() if "=" in line)
+
+    def install(self, stem, name, replacements, service_settings=""):
+        """Unit docker-volume-plugin-STEM installed as its comment says, as
+        plugin NAME; REPLACEMENTS (old: new) are made in its ExecStart and
+        SERVICE_SETTINGS added, by drop-ins. Returns the unit's name."""
+        unit = "docker-volume-plugin-" + stem
+        with open(os.path.join(UNITS, unit + ".service")) as f:
+            service = f.read()
+        exec_start = re.search(r"(?m)^ExecStart=(.*)$", service).group(1)
+        for old, new in replacements.items():
+            self.assertIn(old, exec_start)
+            exec_start = exec_start.replace(old, new)
+        socket_path = os.path.join(dvp.PLUGIN_SOCKET_DIR, name + ".sock")
+        drop_ins = {unit + ".socket": "[Socket]\nListenStream=\nListenStream=%s\n" % socket_path,
+                    unit + ".service": "[Service]\nExecStart=\nExecStart=%s\nWatchdogSec=%d\n%s"
+                    % (exec_start, self.WATCHDOG_SECONDS, service_settings)}
+        for unit_file, text in drop_ins.items():
+            directory = self.inside("/etc/systemd/system/%s.d" % unit_file)
+            os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, "test.conf"), "w") as f:
+                f.write(text)
+        commands = [line[4:] for line in service.splitlines() if line.startswith("#   ")]
+        self.assertIn("systemctl daemon-reload && systemctl enable --now %s.socket" % unit, commands)
+        self.addCleanup(_unlink_if_there, socket_path)  # systemd leaves it behind
+        self.addCleanup(self.in_systemd, "systemctl", "disable", "--now", unit + ".socket",
+                        unit + ".service", check=False)
+        self.in_systemd("sh", "-ec", 'cd "$0"\n' + "\n".join(commands), self.checkout)
+        self.addCleanup(self._remove_engine_objects, name)
+        self.assertEqual(self.show(unit + ".socket")["ActiveState"], "active")
+        self.assertEqual(self.show(unit + ".service")["ActiveState"], "inactive")  # not yet
+        return unit
+
+    def assert_started_ready(self, unit, name):
+        """Started by the engine's first call, and ready (Type=notify: READY=1)."""
+        service = self.show(unit + ".service")
+        self.assertEqual((service["Type"], service["ActiveState"], service["SubState"]),
+                         ("notify", "active", "running"))
+        self.assertTrue(service["StatusText"].startswith("serving "), service["StatusText"])
+        self.assertIn(name + ".sock", service["StatusText"])
+        return service
+
+    def restarted_by_the_watchdog(self, unit):
+        """Stop the plugin (SIGSTOP): the watchdog must kill it and start another."""
+        before = self.show(unit + ".service")
+        self.in_systemd("sh", "-c", 'kill -STOP "$0"', before["MainPID"])
+        deadline = time.time() + 10 * self.WATCHDOG_SECONDS
+        while time.time() < deadline:
+            after = self.show(unit + ".service")
+            if after["ActiveState"] == "active" and after["MainPID"] not in ("0", before["MainPID"]):
+                self.assertEqual(int(after["NRestarts"]), int(before["NRestarts"]) + 1)
+                journal = self.in_systemd("journalctl", "--no-pager", "-u", unit + ".service")
+                self.assertIn("Watchdog timeout", journal.stdout)
+                return after
+            time.sleep(0.2)
+        self.fail("the watchdog did not restart %s: %s" % (unit, after))
+
+    def mount_counts(self, volume):
+        """The count files the plugin keeps under its RuntimeDirectory."""
+        return glob.glob(self.inside("/run/docker-volume-plugin/*/%s.json" % volume))
+
+    def test_the_directory_unit_started_by_the_engine_and_restarted_by_its_watchdog(self):
+        name = "sd-dirs-%d" % os.getpid()
+        root = os.path.join(self.base, "volumes")
+        os.makedirs(root)
+        unit = self.install("dirs", name, {"--name dirs": "--name " + name,
+                                           "--root /var/lib/docker-volumes": "--root " + root},
+                            "PrivateTmp=no\nReadWritePaths=%s\n" % root)
+        self.docker("volume", "create", "-d", name, "kept")  # the engine's first call
+        self.assert_started_ready(unit, name)
+        state = os.stat(self.inside("/var/lib/docker-volumes"))  # StateDirectory=
+        self.assertEqual(stat.S_IMODE(state.st_mode), 0o700)
+        user = name + "-user"
+        self.run_container(name, "-d", "--name", user, "-v", "kept:/data", IMAGE, "sleep", "300")
+        self.docker("exec", user, "sh", "-c", "echo kept > /data/f")
+        with open(os.path.join(root, "kept", "f")) as f:
+            self.assertEqual(f.read(), "kept\n")
+        self.assertEqual(len(self.mount_counts("kept")), 1)
+        self.restarted_by_the_watchdog(unit)
+        # RuntimeDirectoryPreserve=yes: the counts are there for the new process
+        self.assertEqual(len(self.mount_counts("kept")), 1)
+        self.assertEqual(self.inspect("kept")["Status"]["mounts"], 1)
+        self.assertIn("in use", self.docker("volume", "rm", "kept", check=False).stderr)
+        self.docker("rm", "-f", user)
+        self.assertEqual(self.inspect("kept")["Status"]["mounts"], 0)
+        self.docker("volume", "rm", "kept")
+        self.assertFalse(os.path.exists(os.path.join(root, "kept")))
+
+    def test_the_mounting_unit_whose_sshfs_mounts_the_containers_see(self):
+        _skip_or_fail("the sshfs unit's tests", _sshfs_problem())
+        ssh = SSHServer(self, os.path.join(self.base, "server"))
+        name = "sd-sshfs-%d" % os.getpid()
+        root = os.path.join(self.base, "sshfs")
+        self.addCleanup(_unmount_under, root)  # after the unit's end: KillMode=process
+        unit = self.install("sshfs", name, {"--name sshfs": "--name " + name,
+                                            "root=/var/lib/sshfs-volumes": "root=" + root})
+        os.makedirs(os.path.join(ssh.export, "remote"))
+        self.docker("volume", "create", "-d", name, *ssh.create_arguments("remote"), "remote")
+        self.assert_started_ready(unit, name)
+        state = os.stat(self.inside("/var/lib/sshfs-volumes"))
+        self.assertEqual(stat.S_IMODE(state.st_mode), 0o700)
+        user = name + "-user"
+        self.run_container(name, "-d", "--name", user, "-v", "remote:/data", IMAGE, "sleep", "300")
+        mountpoint = self.inspect("remote")["Mountpoint"]
+        # The service's mount, made in systemd's mount namespace, is where the
+        # engine (and this test) see it: what containers write reaches the server.
+        self.assertTrue(sshfs_mounted(mountpoint))
+        self.run_container(name, "--rm", "-v", "remote:/data", IMAGE, "sh", "-c",
+                           "echo from a container > /data/f")
+        with open(os.path.join(ssh.export, "remote", "f")) as f:
+            self.assertEqual(f.read(), "from a container\n")
+        self.assertEqual(self.docker("exec", user, "cat", "/data/f").stdout, "from a container\n")
+        self.restarted_by_the_watchdog(unit)
+        # KillMode=process: the volume's sshfs outlived the plugin, and serves on
+        self.assertEqual(self.docker("exec", user, "cat", "/data/f").stdout, "from a container\n")
+        self.assertEqual(self.inspect("remote")["Status"]["mounted"], True)
+        self.assertEqual(len(self.mount_counts("remote")), 1)
+        read = self.run_container(name, "--rm", "-v", "remote:/data", IMAGE, "cat", "/data/f")
+        self.assertEqual(read.stdout, "from a container\n")
+        self.docker("rm", "-f", user)
+        self.assertFalse(sshfs_mounted(mountpoint))  # unmounted after the last container
+        self.docker("volume", "rm", "remote")
+        self.assertTrue(os.path.exists(os.path.join(ssh.export, "remote", "f")))
 
 
 # -- Podman: the second engine ---------------------------------------------------------

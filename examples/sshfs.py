@@ -12,9 +12,12 @@ them: put the server's in root's ``~/.ssh/known_hosts``, give
 trust the first one seen. ``password`` is read by sshfs from its stdin, never
 from its command line, and shown as ``****`` (but Docker shows the options
 it was given in ``docker volume inspect``); after a reconnection a password
-cannot be given again, so prefer a key. Needs root, sshfs and /dev/fuse.
+cannot be given again, so prefer a key. A volume whose sshfs died (a
+managed plugin's upgrade kills it) is mounted anew for the next container.
+Needs root, sshfs and /dev/fuse.
 """
 
+import errno
 import os
 import re
 import tempfile
@@ -104,9 +107,13 @@ class SSHFSVolumes(dvp.Driver):
 
     def attach(self, name, options):
         path = os.path.join(self.mounts, name)
+        if _mounted(path):
+            if _connected(path):  # mounted already if a crash came before the count
+                return path
+            # Its sshfs is gone (a managed plugin's upgrade): the containers
+            # that had it keep the dead mount, new ones get a new one.
+            self.run("fusermount3", "-u", "-z", path)
         os.makedirs(path, mode=0o755, exist_ok=True)
-        if _mounted(path):  # mounted already if a crash came before the count
-            return path
         # sshfs says only "read: Connection reset by peer" when ssh fails:
         # ssh's own message (refused, login denied, host key) goes to a log.
         fd, ssh_log = tempfile.mkstemp(prefix="sshfs-")
@@ -133,6 +140,9 @@ class SSHFSVolumes(dvp.Driver):
         if os.path.lexists(path):
             os.rmdir(path)  # empty once unmounted: the data stays on the server
 
+    def is_attached(self, name, options, mountpoint):
+        return _mounted(mountpoint) and _connected(mountpoint)
+
     def status(self, name, options):
         return {"mounted": _mounted(os.path.join(self.mounts, name))}
 
@@ -145,6 +155,16 @@ class SSHFSVolumes(dvp.Driver):
             if key in self.PASSED_ON and value is not False:
                 passed.append(key if value is True else "%s=%s" % (key, value))
         return arguments + ["-o", ",".join(passed)]
+
+
+def _connected(path):
+    """False once the sshfs of a mount is gone; a server that does not
+    answer now (EIO) is sshfs's to reconnect to."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno != errno.ENOTCONN  # "Transport endpoint is not connected"
+    return True
 
 
 def _mounted(path):
