@@ -4980,6 +4980,7 @@ class EngineTests(unittest.TestCase):
 
     def setUp(self):
         self.base = temp_dir(self, prefix="dvp-engine-")
+        self.emptied = set()  # drivers whose engine objects are removed already
 
     def docker(self, *args, **kwargs):
         return _command([DOCKER] + list(args), **kwargs)
@@ -5011,10 +5012,25 @@ class EngineTests(unittest.TestCase):
             os.unlink(sock)  # never leave a stale socket for the engine to hang on
 
     def _remove_engine_objects(self, driver):
+        """Remove what the test left of DRIVER's, once: the cleanup of its
+        latest start comes first, while that plugin still serves."""
+        if driver in self.emptied:
+            return
+        self.emptied.add(driver)
         for container in self.docker("ps", "-aq", "--filter", "label=dvp-test=%s" % driver).stdout.split():
             self.docker("rm", "-f", container, check=False)
         for volume in self.docker("volume", "ls", "-q", "--filter", "driver=" + driver).stdout.split():
             self.docker("volume", "rm", "-f", volume, check=False)
+
+    def assert_left_nothing(self, driver):
+        """Assert, while DRIVER's plugin serves, that the test left none of
+        its containers or volumes, so that the cleanup need not ask again
+        after the plugin is gone: each ask would then cost about 15 s of the
+        engine's retries (moby pkg/plugins/plugins.go)."""
+        self.assertEqual(self.docker("ps", "-aq", "--filter",
+                                     "label=dvp-test=" + driver).stdout.split(), [])
+        self.assertEqual(self.listed(driver), [])
+        self.emptied.add(driver)
 
     def run_container(self, driver, *args, **kwargs):
         return self.docker("run", "--label", "dvp-test=" + driver, *args, **kwargs)
@@ -5231,7 +5247,11 @@ class EngineTests(unittest.TestCase):
 
     def test_kill_9_inside_attach_or_detach_of_a_loop_mount_is_undone_at_start(self):
         """The loop driver killed at a chosen point: inside attach() once the
-        image is mounted, inside detach() before it is unmounted."""
+        image is mounted, inside detach() before it is unmounted. Restarted
+        while the engine still retries the call it was killed in (for 30 s,
+        moby pkg/plugins/client.go), as systemd's ``Restart=`` would: it
+        detaches at start, before it serves, and refuses the retry, which
+        comes without its body."""
         module = os.path.join(self.base, "crashing.py")
         with open(module, "w") as f:
             f.write(CRASHING_QUOTA % os.path.join(HERE, "examples"))
@@ -5246,15 +5266,37 @@ class EngineTests(unittest.TestCase):
             with self.subTest(point):
                 name, _, proc = start(point)
                 self.docker("volume", "create", "-d", name, "-o", "size=16M", "db")
-                run = self.run_container(name, "--rm", "-v", "db:/data", IMAGE, "true", check=False)
-                self.assertEqual(proc.wait(30), -signal.SIGKILL, run.stderr)
+                run = _spawn(self, [DOCKER, "run", "--label", "dvp-test=" + name, "--rm",
+                                    "-v", "db:/data", IMAGE, "true"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             universal_newlines=True)
+                self.assertEqual(proc.wait(30), -signal.SIGKILL)
                 self.assertTrue(os.path.ismount(mountpoint))  # attached when it died
                 os.unlink(os.path.join(dvp.PLUGIN_SOCKET_DIR, name + ".sock"))
+                killed_log_size = os.path.getsize(self.plugin_log)
                 restarted = start("", name)[2]
-                self.assertFalse(os.path.ismount(mountpoint))  # detached at start, no call needed
+                stderr = run.communicate(timeout=60)[1]
+                with open(self.plugin_log) as log_file:
+                    log_file.seek(killed_log_size)
+                    restarted_log = log_file.read()
+                # Detached at start, before serving, with no call needed.
+                self.assertRegex(restarted_log, r"\A[^\n]* volume 'db': its %s was cut short or "
+                                 r"failed; detaching it\n[^\n]* volume 'db': detached at last\n"
+                                 r"[^\n]* serving VolumeDriver " % point)
+                # The engine's retry resends no body: refused with a word on why.
+                self.assertRegex(restarted_log, r"VolumeDriver\.%s [0-9.]+ms failed: request has "
+                                 r"no Name \(Docker resends" % ("Mount" if point == "attach"
+                                                                 else "Unmount"))
+                if point == "attach":  # the container never started
+                    self.assertEqual(run.returncode, 125)
+                    self.assertIn("VolumeDriver.Mount: request has no Name", stderr)
+                else:  # it ran; the engine logs the failed Unmount and moves on
+                    self.assertEqual((run.returncode, stderr), (0, ""))
+                self.assertFalse(os.path.ismount(mountpoint))
                 self.assertEqual(self.inspect("db")["Status"]["mounts"], 0)
                 self.docker("volume", "rm", "db")
                 self.assertEqual(os.listdir(os.path.join(root, "images")), [])
+                self.assert_left_nothing(name)
                 restarted.terminate()  # its lock on the root goes with it
                 self.assertEqual(restarted.wait(15), 0)
 
@@ -5394,6 +5436,7 @@ class EngineTests(unittest.TestCase):
         self.docker("volume", "rm", "remote")
         with open(os.path.join(self.base, "plugin.log")) as f:
             self.assertNotIn("handshake", f.read())  # the engine presented its certificate
+        self.assert_left_nothing(name)
         proc.terminate()
         self.assertEqual(proc.wait(15), 0)
         self.assertFalse(os.path.exists(spec))
@@ -6488,6 +6531,7 @@ class SystemdEngineTests(unittest.TestCase):
 
     def setUp(self):
         self.base = temp_dir(self, prefix="test-", where=self.__class__.base)
+        self.emptied = set()  # as in EngineTests
 
     def in_systemd(self, *argv, **kwargs):
         """Run ARGV in the systemd's namespaces, its root file system."""
