@@ -5248,8 +5248,8 @@ class EngineTests(unittest.TestCase):
     def test_kill_9_inside_attach_or_detach_of_a_loop_mount_is_undone_at_start(self):
         """The loop driver killed at a chosen point: inside attach() once the
         image is mounted, inside detach() before it is unmounted. Restarted
-        while the engine still retries the call it was killed in (for 30 s,
-        moby pkg/plugins/client.go), as systemd's ``Restart=`` would: it
+        while the engine still retries the call it was killed in (for about
+        15 s, moby pkg/plugins/client.go), as systemd's ``Restart=`` would: it
         detaches at start, before it serves, and refuses the retry, which
         comes without its body."""
         module = os.path.join(self.base, "crashing.py")
