@@ -5017,19 +5017,23 @@ class EngineTests(unittest.TestCase):
         if driver in self.emptied:
             return
         self.emptied.add(driver)
-        for container in self.docker("ps", "-aq", "--filter", "label=dvp-test=%s" % driver).stdout.split():
+        containers, volumes = self._leftovers(driver)
+        for container in containers:
             self.docker("rm", "-f", container, check=False)
-        for volume in self.docker("volume", "ls", "-q", "--filter", "driver=" + driver).stdout.split():
+        for volume in volumes:
             self.docker("volume", "rm", "-f", volume, check=False)
+
+    def _leftovers(self, driver):
+        """The test's containers and DRIVER's volumes that the engine knows."""
+        return (self.docker("ps", "-aq", "--filter", "label=dvp-test=" + driver).stdout.split(),
+                self.docker("volume", "ls", "-q", "--filter", "driver=" + driver).stdout.split())
 
     def assert_left_nothing(self, driver):
         """Assert, while DRIVER's plugin serves, that the test left none of
         its containers or volumes, so that the cleanup need not ask again
         after the plugin is gone: each ask would then cost about 15 s of the
         engine's retries (moby pkg/plugins/plugins.go)."""
-        self.assertEqual(self.docker("ps", "-aq", "--filter",
-                                     "label=dvp-test=" + driver).stdout.split(), [])
-        self.assertEqual(self.listed(driver), [])
+        self.assertEqual(self._leftovers(driver), ([], []))
         self.emptied.add(driver)
 
     def run_container(self, driver, *args, **kwargs):
@@ -5793,6 +5797,7 @@ class SwarmEngineTests(unittest.TestCase):
     start_plugin = EngineTests.start_plugin
     _stop_plugin = EngineTests._stop_plugin
     inspect = EngineTests.inspect
+    _leftovers = EngineTests._leftovers
 
     @classmethod
     def setUpClass(cls):
@@ -6504,6 +6509,7 @@ class SystemdEngineTests(unittest.TestCase):
     run_container = EngineTests.run_container
     inspect = EngineTests.inspect
     _remove_engine_objects = EngineTests._remove_engine_objects
+    _leftovers = EngineTests._leftovers
 
     WATCHDOG_SECONDS = 3
 
